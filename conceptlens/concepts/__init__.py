@@ -1,0 +1,3 @@
+"""Concept-bottleneck classifiers, interventions and audits."""
+
+__all__: list[str] = []

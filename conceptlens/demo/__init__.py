@@ -1,0 +1,3 @@
+"""Synthetic dermoscopy data with ground truth and the demo model trained on it."""
+
+__all__: list[str] = []

@@ -1,0 +1,179 @@
+"""The backbone interface every model family is adapted to.
+
+A backbone hides which vision-language model is underneath (ConceptCLIP, Hugging Face
+CLIP, SigLIP, the demo model). Everything above ``conceptlens.models`` talks to a model only
+through :class:`Backbone`.
+
+Conventions
+-----------
+* ``D`` is the joint embedding dimension, ``P = grid_h * grid_w`` the number of patch tokens,
+  ``T`` the text length in tokens (including special tokens).
+* Global embeddings are L2-normalised; token embeddings are *projected into the joint space*
+  (ConceptCLIP: after ``image_proj`` / ``text_proj``) and are **not** normalised.
+* Calibration scalars are plain floats, already exponentiated where the model stores logs:
+  ``p_global = sigmoid(logit_scale * cos + logit_bias)``,
+  ``p_local = sigmoid(concept_logit_scale * cos + concept_logit_bias)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["Backbone", "BackboneIdentity", "ImageFeatures", "TextFeatures"]
+
+
+@dataclass(frozen=True)
+class BackboneIdentity:
+    """What makes two backbones produce the same numbers; usable as a cache key.
+
+    Args:
+        model_id: Hub id or resolved local path of the weights.
+        family: Adapter family, e.g. ``"conceptclip"``, ``"clip"``, ``"siglip"``.
+        revision: Hub revision (commit or tag) when known.
+        weights_hash: Hash of the weights (content of the safetensors files) when known.
+        dtype: Compute dtype name, e.g. ``"float32"``.
+        preprocessing: JSON-serialisable description of the image preprocessing
+            (size, resample, mean, std, resize mode).
+    """
+
+    model_id: str
+    family: str
+    revision: str | None = None
+    weights_hash: str | None = None
+    dtype: str = "float32"
+    preprocessing: str = "{}"
+
+    @property
+    def key(self) -> str:
+        """A short stable hex digest of every field."""
+        payload = json.dumps(asdict(self), sort_keys=True).encode()
+        return hashlib.sha256(payload).hexdigest()[:24]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The identity as a JSON-ready dict (``preprocessing`` decoded)."""
+        d = asdict(self)
+        d["preprocessing"] = json.loads(self.preprocessing)
+        d["key"] = self.key
+        return d
+
+
+@dataclass
+class ImageFeatures:
+    """Image-side outputs of a backbone.
+
+    Attributes:
+        global_embeds: ``(B, D)`` L2-normalised global image embeddings.
+        patch_embeds: ``(B, P, D)`` patch tokens projected into the joint space, not normalised.
+        grid_size: ``(grid_h, grid_w)``; patch ``i`` sits at row ``i // grid_w``,
+            column ``i % grid_w`` (row-major).
+    """
+
+    global_embeds: torch.Tensor
+    patch_embeds: torch.Tensor
+    grid_size: tuple[int, int]
+
+
+@dataclass
+class TextFeatures:
+    """Text-side outputs of a backbone.
+
+    Attributes:
+        global_embeds: ``(N, D)`` L2-normalised global text embeddings.
+        token_embeds: ``(N, T, D)`` token features projected into the joint space, not normalised.
+        attention_mask: ``(N, T)`` 1 for real tokens, 0 for padding.
+        offsets: ``(N, T, 2)`` character ``[start, end)`` of each token in its text
+            (``(0, 0)`` for special and padding tokens), to find a concept's token span.
+    """
+
+    global_embeds: torch.Tensor
+    token_embeds: torch.Tensor
+    attention_mask: torch.Tensor
+    offsets: torch.Tensor
+    texts: list[str] = field(default_factory=list)
+
+
+class Backbone(ABC):
+    """A vision-language model seen through one interface.
+
+    Subclasses set :attr:`identity`, :attr:`image_size`, :attr:`grid_size`,
+    :attr:`embed_dim` and the four calibration scalars, and implement the abstract methods.
+    Scoring paths call :meth:`encode_images` / :meth:`encode_texts`, which run without
+    gradients; attribution paths call :meth:`forward_images` with ``pixel_values`` that
+    require grad.
+    """
+
+    identity: BackboneIdentity
+    image_size: tuple[int, int]
+    grid_size: tuple[int, int]
+    embed_dim: int
+    logit_scale: float
+    logit_bias: float
+    concept_logit_scale: float
+    concept_logit_bias: float
+    model: nn.Module
+
+    @property
+    def device(self) -> torch.device:
+        """Device the model's parameters live on."""
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Compute dtype of the model's parameters."""
+        return next(self.model.parameters()).dtype
+
+    @abstractmethod
+    def preprocess(self, images: Sequence[Any]) -> torch.Tensor:
+        """Turn images (paths, PIL, arrays, tensors) into ``(B, 3, H, W)`` pixel values.
+
+        The squash resize to :attr:`image_size` is recorded by the caller through the
+        original sizes (see :func:`conceptlens.models.load_image`).
+        """
+
+    @abstractmethod
+    def forward_images(self, pixel_values: torch.Tensor) -> ImageFeatures:
+        """Differentiable pixels -> :class:`ImageFeatures` (no ``no_grad``)."""
+
+    @abstractmethod
+    def forward_texts(self, texts: Sequence[str]) -> TextFeatures:
+        """Tokenise and encode texts, differentiably; see :class:`TextFeatures`."""
+
+    @torch.no_grad()
+    def encode_images(self, pixel_values: torch.Tensor) -> ImageFeatures:
+        """Encode preprocessed images without building a graph.
+
+        Args:
+            pixel_values: ``(B, 3, H, W)`` as returned by :meth:`preprocess`.
+        """
+        pixel_values = pixel_values.to(device=self.device, dtype=self.dtype)
+        return self.forward_images(pixel_values)
+
+    @torch.no_grad()
+    def encode_texts(self, texts: Sequence[str]) -> TextFeatures:
+        """Encode texts without building a graph; see :meth:`forward_texts`."""
+        return self.forward_texts(list(texts))
+
+    def token_layers(self) -> list[nn.Module]:
+        """The vision transformer's blocks, first to last, for Grad-CAM style methods.
+
+        Each block's output is ``(B, P', W)`` tokens; :attr:`num_prefix_tokens` of them
+        (class token, registers) come before the ``P`` patch tokens.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not expose its token layers")
+
+    num_prefix_tokens: int = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(model_id={self.identity.model_id!r}, "
+            f"image_size={self.image_size}, grid_size={self.grid_size}, "
+            f"embed_dim={self.embed_dim}, dtype={self.identity.dtype}, device={self.device})"
+        )
