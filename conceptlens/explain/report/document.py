@@ -1,0 +1,328 @@
+"""A self-contained HTML report plus the JSON file holding every number it shows.
+
+A :class:`Report` is a title, an optional notice and a list of sections. Each section is
+one of a few kinds (key-value facts, a table, figures, an image gallery, free text); the
+jinja2 template renders them with autoescaping on, and :meth:`Report.to_dict` gives the
+same content as JSON-ready data, so the page and its JSON never disagree.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import io
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+__all__ = [
+    "Facts",
+    "Figures",
+    "Gallery",
+    "Report",
+    "Section",
+    "Table",
+    "Text",
+    "figure_to_data_uri",
+    "image_to_data_uri",
+]
+
+
+def figure_to_data_uri(fig: Any, *, dpi: int = 110) -> str:
+    """Render a matplotlib figure to a ``data:image/png;base64,...`` URI and close it."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def image_to_data_uri(image: Image.Image | np.ndarray, *, max_side: int | None = 512,
+                      format: str = "PNG", quality: int = 85) -> str:
+    """Encode an image as a data URI, shrunk so its longer side is at most ``max_side``.
+
+    Args:
+        image: PIL image or ``(H, W[, C])`` uint8 array.
+        max_side: Longest side in pixels after shrinking; ``None`` keeps the size.
+        format: ``"PNG"`` (lossless) or ``"JPEG"`` (small thumbnails).
+        quality: JPEG quality.
+    """
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(np.ascontiguousarray(image))
+    image = image.convert("RGB")
+    if max_side is not None and max(image.size) > max_side:
+        image = image.copy()
+        image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    fmt = format.upper()
+    if fmt == "JPEG":
+        image.save(buffer, format="JPEG", quality=quality, optimize=True)
+        mime = "jpeg"
+    elif fmt == "PNG":
+        image.save(buffer, format="PNG", optimize=True)
+        mime = "png"
+    else:
+        raise ValueError(f"unsupported image format {format!r}: use 'PNG' or 'JPEG'")
+    return f"data:image/{mime};base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _jsonable(value: Any) -> Any:
+    """Convert numpy / pandas scalars and containers to plain JSON types (NaN -> None)."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, (np.bool_, bool)):
+        return bool(value)
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        f = float(value)
+        return None if math.isnan(f) or math.isinf(f) else f
+    if value is None or isinstance(value, (str, int)):
+        return value
+    if isinstance(value, (pd.Timestamp, _dt.datetime, _dt.date)):
+        return value.isoformat()
+    return str(value)
+
+
+def _format_cell(value: Any, digits: int) -> str:
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        f = float(value)
+        if math.isnan(f):
+            return "–"
+        if f != 0 and (abs(f) < 10 ** (-digits) or abs(f) >= 1e6):
+            return f"{f:.{digits}g}"
+        return f"{f:.{digits}f}"
+    return "" if value is None else str(value)
+
+
+@dataclass
+class Section:
+    """Base of the report's building blocks: a heading and an optional caption."""
+
+    title: str
+    caption: str = ""
+    kind: str = field(default="text", init=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "title": self.title, "caption": self.caption}
+
+
+@dataclass
+class Text(Section):
+    """A paragraph of free text (escaped)."""
+
+    text: str = ""
+
+    def __post_init__(self) -> None:
+        self.kind = "text"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "text": self.text}
+
+
+@dataclass
+class Facts(Section):
+    """Key-value facts (model identity, settings)."""
+
+    facts: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.kind = "facts"
+
+    def rows(self) -> list[tuple[str, str]]:
+        out = []
+        for key, value in self.facts.items():
+            text = json.dumps(_jsonable(value)) if isinstance(value, (Mapping, list, tuple)) else _format_cell(value, 4)
+            out.append((str(key), text))
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "facts": _jsonable(dict(self.facts))}
+
+
+@dataclass
+class Table(Section):
+    """A DataFrame shown as an HTML table (first ``max_rows`` rows; all rows go to JSON)."""
+
+    frame: pd.DataFrame = field(default_factory=pd.DataFrame)
+    max_rows: int = 50
+    digits: int = 3
+    index: bool = False
+
+    def __post_init__(self) -> None:
+        self.kind = "table"
+
+    def _frame(self) -> pd.DataFrame:
+        return self.frame.reset_index() if self.index else self.frame
+
+    def header(self) -> list[str]:
+        return [str(c) for c in self._frame().columns]
+
+    def body(self) -> list[list[str]]:
+        frame = self._frame().head(self.max_rows)
+        return [[_format_cell(v, self.digits) for v in row] for row in frame.itertuples(index=False)]
+
+    @property
+    def truncated(self) -> int:
+        return max(0, len(self.frame) - self.max_rows)
+
+    def to_dict(self) -> dict[str, Any]:
+        frame = self._frame()
+        return {**super().to_dict(), "columns": self.header(),
+                "rows": _jsonable(frame.to_dict(orient="records"))}
+
+
+@dataclass
+class Figures(Section):
+    """One or more rendered figures (matplotlib figures are converted on creation)."""
+
+    images: list[str] = field(default_factory=list)
+    alts: list[str] = field(default_factory=list)
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.kind = "figure"
+
+    @classmethod
+    def from_matplotlib(cls, title: str, figures: Any | Sequence[Any], *, caption: str = "",
+                        alts: Sequence[str] | None = None, data: Mapping[str, Any] | None = None,
+                        dpi: int = 110) -> Figures:
+        """Build from one matplotlib figure or a list of them; ``data`` holds the plotted numbers."""
+        figs = list(figures) if isinstance(figures, (list, tuple)) else [figures]
+        uris = [figure_to_data_uri(f, dpi=dpi) for f in figs]
+        return cls(title=title, caption=caption, images=uris,
+                   alts=list(alts) if alts else [title] * len(uris), data=dict(data or {}))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "n_images": len(self.images), "data": _jsonable(dict(self.data))}
+
+
+@dataclass
+class Gallery(Section):
+    """Thumbnails with a caption each (images are shrunk to keep the file small)."""
+
+    items: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.kind = "gallery"
+
+    def add(self, image: Image.Image | np.ndarray, label: str, *, details: Mapping[str, Any] | None = None,
+            max_side: int = 160, format: str = "JPEG") -> None:
+        """Append one thumbnail with its label and the numbers shown under it."""
+        self.items.append({
+            "src": image_to_data_uri(image, max_side=max_side, format=format),
+            "label": str(label),
+            "details": dict(details or {}),
+        })
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "items": [
+            {"label": it["label"], "details": _jsonable(it["details"])} for it in self.items
+        ]}
+
+
+@dataclass
+class Report:
+    """A rendered-on-demand HTML report with its JSON twin.
+
+    Args:
+        title: Page title.
+        kind: ``"explanation"`` or ``"audit"`` (free text, recorded in the JSON).
+        sections: Building blocks, rendered in order.
+        notice: A warning shown at the top (for example the model card's not-for-clinical-use line).
+        meta: Extra JSON-ready facts kept in the JSON only.
+
+    Examples:
+        >>> import pandas as pd
+        >>> r = Report("Demo", sections=[Table("Scores", frame=pd.DataFrame({"a": [1.5]}))])
+        >>> "<table" in r.to_html()
+        True
+    """
+
+    title: str
+    kind: str = "report"
+    sections: list[Section] = field(default_factory=list)
+    notice: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, section: Section) -> Report:
+        """Append a section and return the report (chainable)."""
+        self.sections.append(section)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every number and text the page shows, JSON-ready."""
+        from conceptlens import __version__
+
+        return {
+            "title": self.title,
+            "kind": self.kind,
+            "notice": self.notice,
+            "conceptlens_version": __version__,
+            "meta": _jsonable(self.meta),
+            "sections": [s.to_dict() for s in self.sections],
+        }
+
+    def to_html(self) -> str:
+        """The whole page as one self-contained HTML string."""
+        from conceptlens import __version__
+
+        template = _environment().get_template("report.html.j2")
+        return template.render(report=self, version=__version__)
+
+    def save(self, out_dir: str | Path, name: str = "report") -> tuple[Path, Path]:
+        """Write ``NAME.html`` and ``NAME.json`` inside ``out_dir`` (created if needed).
+
+        ``name`` must be a plain file stem: reports are only ever written inside ``out_dir``.
+        """
+        if not name or Path(name).name != name or name in {".", ".."}:
+            raise ValueError(f"report name must be a plain file name without folders, got {name!r}")
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        html_path, json_path = out / f"{name}.html", out / f"{name}.json"
+        html_path.write_text(self.to_html(), encoding="utf-8")
+        json_path.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False), encoding="utf-8")
+        return html_path, json_path
+
+    def _repr_html_(self) -> str:
+        page = html.escape(self.to_html(), quote=True)
+        return (f'<iframe srcdoc="{page}" style="width:100%;height:640px;border:1px solid #ccc" '
+                f'sandbox title="{html.escape(self.title)}"></iframe>')
+
+    def __repr__(self) -> str:
+        kinds = ", ".join(s.kind for s in self.sections)
+        return f"Report(title={self.title!r}, kind={self.kind!r}, sections=[{kinds}])"
+
+
+def _environment():
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("conceptlens.explain.report", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def iter_sections(report: Report, kind: str) -> Iterable[Section]:
+    """The report's sections of one kind, in order."""
+    return (s for s in report.sections if s.kind == kind)
