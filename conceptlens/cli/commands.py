@@ -1,0 +1,226 @@
+"""The work behind each ``conceptlens`` sub-command (``run_<handler>(args)``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger("conceptlens")
+
+__all__ = [
+    "run_audit",
+    "run_demo",
+    "run_explain",
+    "run_fit",
+    "run_score",
+    "run_vocab_convert",
+    "run_vocab_list",
+    "run_vocab_show",
+    "run_vocab_validate",
+]
+
+
+def _vocabulary(spec: str | None, model: str | None = None):
+    from conceptlens.vocab import ConceptVocabulary
+
+    if spec is None:
+        if model in (None, "demo"):
+            return ConceptVocabulary.builtin("demo")
+        raise ValueError("--vocab is required with a model other than the demo model")
+    path = Path(spec)
+    if path.suffix or path.exists():
+        return ConceptVocabulary.from_file(path)
+    return ConceptVocabulary.builtin(spec)
+
+
+def _backbone(args: argparse.Namespace):
+    from conceptlens.models import load_backbone
+
+    return load_backbone(args.model, device=args.device, dtype=args.dtype,
+                         trust_remote_code=getattr(args, "trust_remote_code", False))
+
+
+def _scorer(args: argparse.Namespace, backbone: Any, vocabulary: Any):
+    from conceptlens.vocab import ConceptScorer
+
+    options = {"batch_size": args.batch_size, "cache_dir": args.cache_dir, "progress": not args.quiet}
+    preset = getattr(args, "preset", None)
+    if preset:
+        return ConceptScorer.from_preset(preset, backbone, vocabulary, **options)
+    if hasattr(args, "mode"):
+        options.update(mode=args.mode, alpha=args.alpha, calibration=args.calibration,
+                       aggregation=args.aggregation)
+    return ConceptScorer(backbone, vocabulary, **options)
+
+
+def _read_table(path: str | Path, what: str) -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{what} file not found: {path}")
+    if path.suffix == ".parquet":
+        return pd.read_parquet(path)
+    if path.suffix in {".csv", ".tsv"}:
+        return pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",")
+    raise ValueError(f"{what} file {path} must be .csv, .tsv or .parquet")
+
+
+def _column_for(frame: pd.DataFrame, path: str, column: str, index: pd.Index) -> pd.Series:
+    """The ``column`` of a CSV keyed by its image column, aligned to the score rows."""
+    if column not in frame.columns:
+        raise ValueError(f"{path}: no column {column!r} (columns: {', '.join(map(str, frame.columns))})")
+    key = next((c for c in ("image", "path", "id", "image_id") if c in frame.columns), None)
+    if key is None:
+        if len(frame) != len(index):
+            raise ValueError(f"{path}: has no image column and {len(frame)} rows for {len(index)} scored images")
+        return pd.Series(frame[column].to_numpy(), index=index)
+    series = frame.set_index(frame[key].astype(str))[column]
+    missing = [i for i in index if i not in series.index]
+    if missing:
+        raise ValueError(f"{path}: no {column!r} for {len(missing)} scored image(s), e.g. {missing[0]!r}")
+    return series.loc[list(index)]
+
+
+def _load_scores(path: str):
+    from conceptlens.vocab import ConceptScores
+
+    return ConceptScores.load(path)
+
+
+def _report_errors(errors: pd.DataFrame) -> None:
+    for row in errors.itertuples(index=False):
+        log.error("skipped %s: %s", row.image, row.reason)
+
+
+# ---------------------------------------------------------------------------- score
+def run_score(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    if out.suffix not in {".parquet", ".csv"}:
+        raise ValueError(f"--out {out} must end in .parquet or .csv")
+    backbone = _backbone(args)
+    vocabulary = _vocabulary(args.vocab, args.model)
+    scores = _scorer(args, backbone, vocabulary).score(args.images)
+    _report_errors(scores.errors)
+    if len(scores) == 0:
+        raise ValueError("no image could be scored (see the errors above)")
+    scores.save(out)
+    if len(scores.errors):
+        scores.errors.to_csv(out.with_name(out.stem + ".errors.csv"), index=False)
+    print(f"scored {len(scores)} image(s) x {len(vocabulary)} concepts -> {out}"
+          + (f" ({len(scores.errors)} skipped)" if len(scores.errors) else ""))
+
+
+# ---------------------------------------------------------------------------- fit
+def run_fit(args: argparse.Namespace) -> None:
+    from conceptlens.concepts import AssociationBottleneck, SparseLinearBottleneck
+
+    scores = _load_scores(args.scores)
+    labels = _column_for(_read_table(args.labels, "labels"), args.labels, args.label_column,
+                         scores.table.index)
+    if args.kind == "sparse":
+        model = SparseLinearBottleneck(penalty=args.penalty, max_concepts=args.max_concepts)
+    else:
+        model = AssociationBottleneck()
+    model.fit(scores, labels.to_numpy())
+    path = model.save(args.out)
+    acc = float(np.mean(model.predict(scores) == labels.to_numpy()))
+    print(f"fitted {type(model).__name__} on {len(scores)} images; training accuracy {acc:.3f} -> {path}")
+
+
+# ---------------------------------------------------------------------------- explain
+def run_explain(args: argparse.Namespace) -> None:
+    from conceptlens.explain.report.workflows import explain_images, model_notice
+
+    backbone = _backbone(args)
+    vocabulary = _vocabulary(args.vocab, args.model)
+    scorer = _scorer(args, backbone, vocabulary)
+    bottleneck = None
+    if args.bottleneck:
+        from conceptlens.concepts import load_bottleneck
+
+        bottleneck = load_bottleneck(args.bottleneck)
+    report, errors = explain_images(scorer, args.images, bottleneck=bottleneck, method=args.method,
+                                    top_k=args.top_k, n_steps=args.n_steps, notice=model_notice(backbone))
+    _report_errors(errors)
+    html_path, json_path = report.save(args.out, args.name)
+    print(f"explanation report -> {html_path} (numbers in {json_path.name})"
+          + (f"; {len(errors)} image(s) skipped" if len(errors) else ""))
+
+
+# ---------------------------------------------------------------------------- audit
+def run_audit(args: argparse.Namespace) -> None:
+    from conceptlens.concepts import audit
+    from conceptlens.explain.report import audit_report
+    from conceptlens.vocab import evaluate_annotation
+
+    scores = _load_scores(args.scores)
+    index = scores.table.index
+    decisions = _column_for(_read_table(args.decisions, "decisions"), args.decisions,
+                            args.decision_column, index).to_numpy()
+    labels = None
+    if args.labels:
+        labels = _column_for(_read_table(args.labels, "labels"), args.labels, args.label_column, index).to_numpy()
+    irrelevant = [c for c in args.irrelevant.split(",") if c]
+    expected = [c for c in args.expected.split(",") if c]
+    for concept in irrelevant + expected:
+        if concept not in scores.table.columns:
+            raise ValueError(f"concept {concept!r} (from --irrelevant/--expected) is not a column of {args.scores}")
+    result = audit(scores, decisions, labels, irrelevant_concepts=irrelevant or None,
+                   expected_concepts=expected or None)
+    annotation = None
+    if args.concept_labels:
+        concept_labels = _read_table(args.concept_labels, "concept labels")
+        key = next((c for c in ("image", "path", "id") if c in concept_labels.columns), None)
+        if key is not None:
+            concept_labels = concept_labels.set_index(concept_labels[key].astype(str)).drop(columns=[key])
+        annotation = evaluate_annotation(scores, concept_labels, n_bootstrap=200)
+    images = {i: i for i in index if Path(i).exists()}
+    report = audit_report(result, scores=scores, decisions=decisions, labels=labels, annotation=annotation,
+                          images=images or None)
+    html_path, json_path = report.save(args.out, args.name)
+    print(f"audit report -> {html_path} (numbers in {json_path.name})")
+
+
+# ---------------------------------------------------------------------------- vocab
+def run_vocab_list(args: argparse.Namespace) -> None:
+    from conceptlens.vocab import ConceptVocabulary
+
+    for name in ConceptVocabulary.builtin_names():
+        vocab = ConceptVocabulary.builtin(name)
+        print(f"{name:24s} {len(vocab):4d} concepts  {vocab.description}")
+
+
+def run_vocab_show(args: argparse.Namespace) -> None:
+    vocab = _vocabulary(args.vocabulary)
+    print(f"{vocab.name}: {len(vocab)} concepts, hash {vocab.hash}")
+    for concept in vocab:
+        synonyms = f" (also: {', '.join(concept.synonyms)})" if concept.synonyms else ""
+        print(f"  {concept.id:40s} {concept.name}{synonyms}")
+
+
+def run_vocab_validate(args: argparse.Namespace) -> None:
+    from conceptlens.vocab import ConceptVocabulary
+
+    vocab = ConceptVocabulary.from_file(args.vocabulary)
+    print(f"{args.vocabulary}: valid, {len(vocab)} concepts, hash {vocab.hash}")
+
+
+def run_vocab_convert(args: argparse.Namespace) -> None:
+    vocab = _vocabulary(args.source)
+    path = vocab.to_file(args.target)
+    print(f"wrote {len(vocab)} concepts -> {path or args.target}")
+
+
+# ---------------------------------------------------------------------------- demo
+def run_demo(args: argparse.Namespace) -> None:
+    from conceptlens.cli.demo import run_demo as demo
+
+    summary = demo(args.out, n=args.n, n_explain=args.n_explain, seed=args.seed,
+                   progress=not args.quiet)
+    print(json.dumps(summary["headline"], indent=2))
+    print(f"reports and summary -> {summary['out']}")

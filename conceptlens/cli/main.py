@@ -1,0 +1,165 @@
+"""Argument parsing and error handling for the ``conceptlens`` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from collections.abc import Sequence
+
+from conceptlens import __version__
+
+__all__ = ["build_parser", "main"]
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+class CLIError(Exception):
+    """An error the command line reports as one line and exit code 1."""
+
+
+def _common(parser: argparse.ArgumentParser, *, model: bool = True, out_help: str = "output folder") -> None:
+    group = parser.add_argument_group("common options")
+    if model:
+        group.add_argument("--model", default="demo",
+                           help="backbone short name, hub id or local folder (default: demo)")
+        group.add_argument("--vocab", default=None,
+                           help="built-in vocabulary name or vocabulary file (default: the demo vocabulary "
+                                "for the demo model)")
+        group.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
+        group.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                           help="compute dtype (default: float32)")
+        group.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
+        group.add_argument("--cache-dir", default=None, help="folder for the image-feature cache (default: none)")
+        group.add_argument("--trust-remote-code", action="store_true",
+                           help="allow running the model repository's own code (needed for ConceptCLIP)")
+    group.add_argument("--out", required=True, help=out_help)
+    group.add_argument("--quiet", action="store_true", help="no progress bars, only errors")
+    group.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``conceptlens`` command (all sub-commands)."""
+    parser = argparse.ArgumentParser(
+        prog="conceptlens",
+        description="Explain medical vision-language models in clinical concepts.",
+        epilog="Exit codes: 0 ok, 1 error, 2 usage error. Run 'conceptlens COMMAND --help' for details.",
+    )
+    parser.add_argument("--version", action="version", version=f"conceptlens {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("score", help="score images against a concept vocabulary -> parquet/CSV",
+                       description="Score images (files, folders or a CSV manifest with a 'path' column) "
+                                   "against a concept vocabulary; bad images are reported and skipped.")
+    p.add_argument("images", nargs="+", help="image files, folders, or CSV manifests")
+    p.add_argument("--mode", default="combined", choices=["global", "local", "combined"])
+    p.add_argument("--alpha", type=float, default=0.5, help="weight of the global score in combined mode")
+    p.add_argument("--calibration", default="paired_softmax", choices=["cosine", "sigmoid", "paired_softmax"])
+    p.add_argument("--aggregation", default="mean", choices=["mean", "max", "topk"],
+                   help="how patch scores become one local score")
+    p.add_argument("--preset", default=None, choices=["derm7pt"],
+                   help="a published scoring protocol (overrides mode/alpha/calibration)")
+    _common(p, out_help="score file to write (.parquet keeps metadata, or .csv)")
+    p.set_defaults(handler="score")
+
+    p = sub.add_parser("fit", help="fit a concept bottleneck on scores + labels -> bottleneck file",
+                       description="Fit an interpretable concept bottleneck on a score table and labels.")
+    p.add_argument("scores", help="score file written by 'conceptlens score' (.parquet or .csv)")
+    p.add_argument("--labels", required=True,
+                   help="CSV with an image column matching the score rows and a label column")
+    p.add_argument("--label-column", default="label", help="name of the label column (default: label)")
+    p.add_argument("--kind", default="sparse", choices=["sparse", "association"])
+    p.add_argument("--max-concepts", type=int, default=None,
+                   help="sparse: at most this many concepts per class (best model on the path)")
+    p.add_argument("--penalty", default="l1", choices=["l1", "elasticnet"])
+    _common(p, model=False, out_help="bottleneck file to write (.json, with its arrays beside it)")
+    p.set_defaults(handler="fit")
+
+    p = sub.add_parser("explain", help="explain images -> HTML + JSON explanation report",
+                       description="Score images, predict with a fitted bottleneck, and write an "
+                                   "explanation report with concept contributions, maps and attributions.")
+    p.add_argument("images", nargs="+", help="image files, folders, or CSV manifests")
+    p.add_argument("--bottleneck", default=None, help="bottleneck file from 'conceptlens fit' (optional)")
+    p.add_argument("--method", default="integrated_gradients",
+                   help="attribution method (integrated_gradients, saliency, gradient_shap, occlusion, grad_cam...)")
+    p.add_argument("--top-k", type=int, default=4, help="concepts shown per image (default: 4)")
+    p.add_argument("--n-steps", type=int, default=16, help="integration steps for path methods")
+    p.add_argument("--name", default="explanation", help="report file stem (default: explanation)")
+    _common(p)
+    p.set_defaults(handler="explain")
+
+    p = sub.add_parser("audit", help="audit a decision-maker's decisions -> HTML + JSON audit report",
+                       description="Explain any model's (or reader's) decisions through concept scores.")
+    p.add_argument("scores", help="score file written by 'conceptlens score'")
+    p.add_argument("--decisions", required=True, help="CSV with image and decision columns")
+    p.add_argument("--decision-column", default="decision")
+    p.add_argument("--labels", default=None, help="CSV with image and label columns (optional)")
+    p.add_argument("--label-column", default="label")
+    p.add_argument("--concept-labels", default=None,
+                   help="CSV of 0/1 concept annotations (image column + concept id columns) for annotation AUC")
+    p.add_argument("--irrelevant", default="",
+                   help="comma-separated concept ids that should not drive the decisions")
+    p.add_argument("--expected", default="", help="comma-separated concept ids expected to drive the decisions")
+    p.add_argument("--name", default="audit", help="report file stem (default: audit)")
+    _common(p, model=False)
+    p.set_defaults(handler="audit")
+
+    p = sub.add_parser("vocab", help="list, show, validate or convert concept vocabularies",
+                       description="Work with concept vocabularies (YAML, JSON, CSV, OBO).")
+    vsub = p.add_subparsers(dest="vocab_command", metavar="ACTION", required=True)
+    q = vsub.add_parser("list", help="list the built-in vocabularies")
+    q.set_defaults(handler="vocab_list")
+    q = vsub.add_parser("show", help="print a vocabulary's concepts")
+    q.add_argument("vocabulary", help="built-in name or file")
+    q.set_defaults(handler="vocab_show")
+    q = vsub.add_parser("validate", help="check a vocabulary file; errors name the line or concept")
+    q.add_argument("vocabulary", help="vocabulary file")
+    q.set_defaults(handler="vocab_validate")
+    q = vsub.add_parser("convert", help="convert between YAML, JSON, CSV and OBO")
+    q.add_argument("source", help="built-in name or input file")
+    q.add_argument("target", help="output file; the format follows its suffix")
+    q.set_defaults(handler="vocab_convert")
+    for q in vsub.choices.values():
+        q.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+
+    p = sub.add_parser("demo", help="run the whole chain on the shipped demo model and synthetic data",
+                       description="Generate synthetic dermoscopy images, score them with the demo model, "
+                                   "fit a sparse bottleneck, explain a few images and audit it; writes "
+                                   "reports and a JSON summary into --out.")
+    p.add_argument("--n", type=int, default=400, help="held-out images to generate (default: 400)")
+    p.add_argument("--n-explain", type=int, default=3, help="images in the explanation report (default: 3)")
+    p.add_argument("--seed", type=int, default=2026, help="seed of the held-out sample")
+    _common(p, model=False)
+    p.set_defaults(handler="demo")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (also used by the console script)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: 0 for --help/--version, 2 for usage errors
+        return int(exc.code or 0)
+    logging.basicConfig(level=logging.ERROR if getattr(args, "quiet", False) else logging.INFO,
+                        format="%(message)s")
+    from conceptlens.cli import commands
+
+    handler = getattr(commands, f"run_{args.handler}")
+    try:
+        handler(args)
+    except KeyboardInterrupt:
+        print("conceptlens: interrupted", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as exc:  # noqa: BLE001 - the CLI turns every failure into one line
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"conceptlens {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

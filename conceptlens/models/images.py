@@ -1,0 +1,659 @@
+"""Image loading: any common image source -> an RGB ``uint8`` PIL image plus its provenance.
+
+:func:`load_image` accepts a path (JPEG, PNG, TIFF, BMP, WebP, DICOM), raw bytes or a binary
+file object, a PIL image, a NumPy array or a torch tensor, and always returns a
+:class:`LoadedImage` whose ``image`` is a PIL image in mode ``"RGB"``. The size of that image
+(after EXIF orientation) is kept in ``original_size`` so that patch-level maps computed on the
+squash-resized model input can be drawn back onto it with :func:`resize_map_to_original`.
+
+Intensity conversion rules (recorded in ``LoadedImage.meta["intensity_scaling"]``):
+
+* ``uint8`` and ``bool`` data are used as they are (``bool`` -> 0 / 255).
+* Unsigned 16-bit data (PNG/TIFF ``"I;16"``, ``uint16`` arrays) are scaled by the type's range,
+  ``value * 255 / 65535``; a 12-bit image stored in 16 bits therefore looks dark, as it does in
+  any viewer that respects the file's bit depth.
+* Other integer data (PIL mode ``"I"``, ``int32`` arrays ...) whose values all lie in
+  ``[0, 65535]`` are treated as 16-bit data; otherwise they are min-max scaled.
+* Floating-point data whose finite values all lie in ``[0, 1]`` are multiplied by 255; any other
+  range is min-max scaled to ``[0, 255]``. NaN and infinite values become 0.
+* A constant image that has to be min-max scaled becomes black.
+* Transparency (``RGBA``, ``LA``, palette images with a transparent colour) is composited onto a
+  white background, the usual page colour behind dermoscopy, pathology and document images.
+* CMYK, YCbCr, LAB and palette images are converted to RGB by Pillow.
+
+DICOM files go through :mod:`conceptlens.models.dicom` (modality LUT, VOI LUT / windowing,
+MONOCHROME1 inversion, frame selection); see :func:`conceptlens.models.dicom.read_dicom`.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeAlias
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "IMAGE_SUFFIXES",
+    "ImageLoadError",
+    "ImageNotFoundError",
+    "LoadedImage",
+    "grid_coverage",
+    "is_image_file",
+    "load_image",
+    "resize_map_to_original",
+    "to_uint8",
+]
+
+#: Default limit on ``width * height`` of one image (about 179 M pixels). It equals the point at
+#: which Pillow itself refuses to open a file (twice ``PIL.Image.MAX_IMAGE_PIXELS``'s default),
+#: so a 13 000 x 13 000 image still loads while a decompression bomb does not.
+DEFAULT_MAX_PIXELS: int = 2 * 89_478_485
+
+#: File-name suffixes (lower case) that :func:`is_image_file` accepts without reading the file.
+IMAGE_SUFFIXES: frozenset[str] = frozenset(
+    {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".dcm", ".dicom"}
+)
+
+_DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
+_DICOM_MAGIC_OFFSET = 128
+_DICOM_MAGIC = b"DICM"
+
+#: What :func:`load_image` accepts.
+ImageSource: TypeAlias = "str | os.PathLike[str] | bytes | bytearray | memoryview | BinaryIO | Image.Image | np.ndarray | torch.Tensor"  # noqa: E501
+
+
+class ImageLoadError(ValueError):
+    """An image could not be loaded; the message names the source and the reason.
+
+    Parameters
+    ----------
+    source : str
+        The path, or a description such as ``"<numpy.ndarray>"``, of the image at fault.
+    reason : str
+        What went wrong and, where possible, what to do about it.
+
+    Attributes
+    ----------
+    source, reason : str
+        The two parts of the message, for programs that report bad items in a batch.
+    """
+
+    def __init__(self, source: str, reason: str) -> None:
+        self.source = source
+        self.reason = reason
+        super().__init__(f"cannot load image {source!r}: {reason}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.source, self.reason))
+
+
+class ImageNotFoundError(ImageLoadError, FileNotFoundError):
+    """The image path does not exist (both an :class:`ImageLoadError` and a
+    :class:`FileNotFoundError`)."""
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """An image ready for a backbone's preprocessing, with where it came from.
+
+    Attributes
+    ----------
+    image : PIL.Image.Image
+        The image in mode ``"RGB"`` (8 bits per channel), EXIF orientation applied.
+    original_size : tuple[int, int]
+        ``(width, height)`` of ``image``: the grid onto which maps are drawn back.
+    source : str
+        The path, or a description such as ``"<PIL.Image>"`` or ``"<numpy.ndarray>"``.
+    meta : dict
+        What was done on the way: ``"format"`` (``"PNG"``, ``"DICOM"``, ``"array"`` ...),
+        ``"mode"`` (the source's PIL mode or array dtype), ``"bit_depth"``,
+        ``"intensity_scaling"``, ``"exif_transposed"``, ``"alpha"``, ``"n_frames"``,
+        ``"frame"`` and, for DICOM, the modality LUT and window used (see
+        :func:`conceptlens.models.dicom.read_dicom`).
+    """
+
+    image: Image.Image
+    original_size: tuple[int, int]
+    source: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def width(self) -> int:
+        """Width of :attr:`image` in pixels."""
+        return self.original_size[0]
+
+    @property
+    def height(self) -> int:
+        """Height of :attr:`image` in pixels."""
+        return self.original_size[1]
+
+
+# ----------------------------------------------------------------------------------------------
+# Public entry points
+# ----------------------------------------------------------------------------------------------
+
+
+def load_image(
+    source: ImageSource,
+    *,
+    frame: int | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> LoadedImage:
+    """Load one image from a path, bytes, file object, PIL image, array or tensor as RGB.
+
+    Parameters
+    ----------
+    source : str, os.PathLike, bytes, file object, PIL.Image.Image, numpy.ndarray or torch.Tensor
+        * a path to a JPEG, PNG, TIFF, BMP, WebP or DICOM file (DICOM is recognised by a
+          ``.dcm``/``.dicom`` suffix or the ``"DICM"`` marker at byte 128);
+        * the bytes of such a file, or a binary file object opened on one;
+        * a PIL image of any mode (EXIF orientation is applied);
+        * a NumPy array shaped ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` or ``(H, W, 4)``;
+        * a torch tensor shaped ``(H, W)``, ``(C, H, W)`` or ``(H, W, C)`` with ``C`` in
+          1, 3, 4; when both readings are possible, ``(C, H, W)`` (torch's convention) wins.
+
+        Intensities are converted as described in the module docstring.
+    frame : int, optional
+        Which frame of a multi-frame image (multi-frame DICOM, multi-page TIFF) to load,
+        counting from 0. Required when the image has more than one frame.
+    max_pixels : int or None, default DEFAULT_MAX_PIXELS
+        Refuse images with more than this many pixels (``width * height``), checked from the
+        header before the pixels are decoded. ``None`` switches this guard off; Pillow's own
+        global guard (``PIL.Image.MAX_IMAGE_PIXELS``) still applies to files Pillow decodes.
+
+    Returns
+    -------
+    LoadedImage
+        ``image`` in mode ``"RGB"``, ``original_size`` ``(width, height)``, ``source``, ``meta``.
+
+    Raises
+    ------
+    ImageNotFoundError
+        The path does not exist (also a :class:`FileNotFoundError`).
+    ImageLoadError
+        Unsupported type or shape, corrupt or truncated data, too many pixels, a multi-frame
+        image without ``frame``, or a frame index out of range. The message names the source.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> loaded = load_image(np.zeros((20, 30), dtype=np.uint16))
+    >>> loaded.image.mode, loaded.original_size
+    ('RGB', (30, 20))
+    """
+    _check_max_pixels_argument(max_pixels)
+    if isinstance(source, (str, os.PathLike)):
+        return _load_path(Path(source), frame=frame, max_pixels=max_pixels)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return _load_stream(io.BytesIO(bytes(source)), "<bytes>", frame=frame,
+                            max_pixels=max_pixels)
+    if isinstance(source, Image.Image):
+        return _load_pil(source, "<PIL.Image>", frame=frame, max_pixels=max_pixels)
+    if isinstance(source, np.ndarray):
+        return _load_array(source, "<numpy.ndarray>", channels_first=False, frame=frame,
+                           max_pixels=max_pixels)
+    if _is_torch_tensor(source):
+        array = source.detach().to("cpu")
+        if array.dtype.is_floating_point and array.dtype != _torch().float64:
+            array = array.float()
+        return _load_array(array.numpy(), "<torch.Tensor>", channels_first=True, frame=frame,
+                           max_pixels=max_pixels)
+    if hasattr(source, "read"):
+        name = str(getattr(source, "name", "<file object>"))
+        return _load_stream(source, name, frame=frame, max_pixels=max_pixels)
+    raise ImageLoadError(
+        f"<{type(source).__name__}>",
+        "unsupported source type; pass a path, bytes, a binary file object, a PIL image, "
+        "a numpy array or a torch tensor",
+    )
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names an image file :func:`load_image` can read.
+
+    A file counts when its suffix (case-insensitive) is in :data:`IMAGE_SUFFIXES`, or when it
+    is a DICOM file without such a suffix (the ``"DICM"`` marker at byte 128). Only the first
+    132 bytes of suffix-less candidates are read; directories and missing paths give ``False``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The path to test.
+
+    Returns
+    -------
+    bool
+    """
+    path = Path(path)
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return path.is_file()
+    return has_dicom_magic(path)
+
+
+def has_dicom_magic(path: str | os.PathLike) -> bool:
+    """Whether the file at ``path`` carries the DICOM ``"DICM"`` marker at byte 128.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+
+    Returns
+    -------
+    bool
+        ``False`` for unreadable paths, directories and short files.
+    """
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(_DICOM_MAGIC_OFFSET + len(_DICOM_MAGIC))
+    except OSError:
+        return False
+    return head[_DICOM_MAGIC_OFFSET:] == _DICOM_MAGIC
+
+
+def grid_coverage(input_size: int | Sequence[int], patch_size: int) -> tuple[float, float]:
+    """Fraction ``(rows, cols)`` of a model input covered by its whole patches.
+
+    A ViT with patch size ``p`` on an ``S``-pixel input sees ``S // p`` patches per side and
+    ignores the last ``S % p`` pixels. For ConceptCLIP (384 px, patch 14) that is
+    ``27 * 14 / 384 = 0.984375`` in both directions.
+
+    Parameters
+    ----------
+    input_size : int or (int, int)
+        Model input side, or ``(height, width)``.
+    patch_size : int
+        Patch side in pixels.
+
+    Returns
+    -------
+    tuple[float, float]
+        Covered fraction of the rows and of the columns, for
+        :func:`resize_map_to_original`'s ``covered_fraction``.
+
+    Examples
+    --------
+    >>> grid_coverage(384, 14)
+    (0.984375, 0.984375)
+    """
+    if isinstance(input_size, (int, np.integer)):
+        height = width = int(input_size)
+    else:
+        height, width = (int(side) for side in input_size)
+    if patch_size <= 0 or height < patch_size or width < patch_size:
+        raise ValueError(
+            f"patch_size={patch_size} must be positive and fit in input_size={input_size}"
+        )
+    return ((height // patch_size) * patch_size / height,
+            (width // patch_size) * patch_size / width)
+
+
+def resize_map_to_original(
+    map_hw: np.ndarray,
+    original_size: tuple[int, int],
+    *,
+    covered_fraction: tuple[float, float] = (1.0, 1.0),
+) -> np.ndarray:
+    """Draw a patch-grid map back onto the original image's pixel grid (undo the squash resize).
+
+    The model saw the original ``(W, H)`` image squash-resized (no crop) to its input size; its
+    ``(h, w)`` patch grid covers the top-left ``covered_fraction`` ``(rows, cols)`` of that
+    input (see :func:`grid_coverage`). Because a squash resize scales each axis linearly, cell
+    ``(i, j)`` corresponds to the original-image rectangle
+    ``rows [i, i + 1) * fr * H / h`` by ``cols [j, j + 1) * fc * W / w``. Each original pixel
+    takes the bilinear interpolation of the cell values at the cell centres; pixels outside
+    the outermost cell centres, including the uncovered bottom and right border, take the
+    nearest covered value (edge clamping), so the border never invents new values.
+
+    Parameters
+    ----------
+    map_hw : numpy.ndarray, shape (h, w)
+        One map on the patch grid, row-major (row 0 at the top).
+    original_size : (int, int)
+        ``(width, height)`` of the original image, as in :attr:`LoadedImage.original_size`.
+    covered_fraction : (float, float), default (1.0, 1.0)
+        Fraction of the model input's rows and columns that the grid covers, in ``(0, 1]``.
+
+    Returns
+    -------
+    numpy.ndarray, shape (height, width)
+        ``float32`` when ``map_hw`` is ``float32``, otherwise ``float64``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> grid = np.zeros((27, 27), dtype=np.float32)
+    >>> grid[13, 20] = 1.0                 # centre row, right part of the input
+    >>> full = resize_map_to_original(grid, (600, 300), covered_fraction=grid_coverage(384, 14))
+    >>> full.shape, [int(i) for i in np.unravel_index(full.argmax(), full.shape)]
+    ((300, 600), [147, 448])
+    """
+    values = np.asarray(map_hw)
+    if values.ndim != 2 or values.shape[0] < 1 or values.shape[1] < 1:
+        raise ValueError(f"map_hw must be a 2-D (h, w) array, got shape {values.shape}")
+    if not (np.issubdtype(values.dtype, np.number) or values.dtype == np.bool_):
+        raise TypeError(f"map_hw must be numeric, got dtype {values.dtype}")
+    width, height = (int(side) for side in original_size)
+    if width < 1 or height < 1:
+        raise ValueError(f"original_size must be positive (width, height), got {original_size}")
+    row_fraction, col_fraction = (float(part) for part in covered_fraction)
+    if not (0.0 < row_fraction <= 1.0 and 0.0 < col_fraction <= 1.0):
+        raise ValueError(f"covered_fraction must lie in (0, 1], got {covered_fraction}")
+
+    dtype = np.float32 if values.dtype == np.float32 else np.float64
+    values = values.astype(dtype, copy=False)
+    rows_low, rows_high, rows_weight = _interpolation_axis(height, values.shape[0], row_fraction)
+    cols_low, cols_high, cols_weight = _interpolation_axis(width, values.shape[1], col_fraction)
+    rows_weight = rows_weight.astype(dtype)[:, None]
+    cols_weight = cols_weight.astype(dtype)[None, :]
+    by_rows = values[rows_low] * (1 - rows_weight) + values[rows_high] * rows_weight
+    return by_rows[:, cols_low] * (1 - cols_weight) + by_rows[:, cols_high] * cols_weight
+
+
+def to_uint8(array: np.ndarray) -> tuple[np.ndarray, str]:
+    """Convert intensities of any numeric dtype to ``uint8`` by the module's documented rules.
+
+    Parameters
+    ----------
+    array : numpy.ndarray
+        Any shape; bool, integer or floating-point values.
+
+    Returns
+    -------
+    tuple[numpy.ndarray, str]
+        The ``uint8`` array (same shape) and a short description of the scaling applied.
+    """
+    array = np.asarray(array)
+    if array.dtype == np.uint8:
+        return array, "none"
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8) * np.uint8(255), "bool*255"
+    if np.issubdtype(array.dtype, np.integer):
+        if array.size == 0:
+            return array.astype(np.uint8), "none"
+        low, high = int(array.min()), int(array.max())
+        if array.dtype == np.uint16 or (low >= 0 and high <= 65535):
+            scaled = np.rint(array.astype(np.float64) * (255.0 / 65535.0))
+            return scaled.astype(np.uint8), "16-bit range: value*255/65535"
+        return _min_max(array.astype(np.float64), low, high)
+    if np.issubdtype(array.dtype, np.floating):
+        work = array.astype(np.float64)
+        finite = np.isfinite(work)
+        work[~finite] = 0.0
+        if not finite.any():
+            return np.zeros(array.shape, dtype=np.uint8), "non-finite -> 0"
+        low, high = float(work[finite].min()), float(work[finite].max())
+        if low >= 0.0 and high <= 1.0:
+            return np.rint(work * 255.0).astype(np.uint8), "float in [0, 1]: value*255"
+        return _min_max(work, low, high)
+    raise TypeError(f"unsupported dtype {array.dtype}; expected bool, integer or float values")
+
+
+# ----------------------------------------------------------------------------------------------
+# Loaders per source kind
+# ----------------------------------------------------------------------------------------------
+
+
+def _load_path(path: Path, *, frame: int | None, max_pixels: int | None) -> LoadedImage:
+    name = str(path)
+    if not path.exists():
+        raise ImageNotFoundError(name, "file not found")
+    if path.is_dir():
+        raise ImageLoadError(name, "is a directory, not an image file")
+    if path.suffix.lower() in _DICOM_SUFFIXES or has_dicom_magic(path):
+        from conceptlens.models.dicom import read_dicom
+
+        return read_dicom(path, frame=frame, max_pixels=max_pixels)
+    try:
+        with open(path, "rb") as handle:
+            return _load_stream(handle, name, frame=frame, max_pixels=max_pixels,
+                                dicom_checked=True)
+    except OSError as error:
+        if isinstance(error, ImageLoadError):
+            raise
+        raise ImageLoadError(name, f"cannot read file ({error})") from error
+
+
+def _load_stream(stream: BinaryIO, name: str, *, frame: int | None, max_pixels: int | None,
+                 dicom_checked: bool = False) -> LoadedImage:
+    if not dicom_checked and _stream_has_dicom_magic(stream):
+        from conceptlens.models.dicom import read_dicom
+
+        return read_dicom(stream, frame=frame, max_pixels=max_pixels, name=name)
+    try:
+        with warnings.catch_warnings():
+            # Our own max_pixels check below replaces Pillow's warning-level guard.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(stream)
+    except Image.DecompressionBombError as error:
+        raise ImageLoadError(
+            name,
+            f"too many pixels for Pillow's global guard ({error}); if the file is trusted, "
+            "raise PIL.Image.MAX_IMAGE_PIXELS and pass a larger max_pixels",
+        ) from error
+    except UnidentifiedImageError as error:
+        raise ImageLoadError(
+            name, "not a recognised image format (corrupt file, or not an image: supported are "
+            "JPEG, PNG, TIFF, BMP, WebP and DICOM)"
+        ) from error
+    except OSError as error:
+        raise ImageLoadError(name, f"cannot read image ({error})") from error
+    with opened:
+        return _load_pil(opened, name, frame=frame, max_pixels=max_pixels)
+
+
+def _load_pil(image: Image.Image, name: str, *, frame: int | None,
+              max_pixels: int | None) -> LoadedImage:
+    n_frames = int(getattr(image, "n_frames", 1) or 1)
+    frame_index = _resolve_frame(name, frame, n_frames)
+    _check_pixels(name, image.size, max_pixels)
+    meta: dict[str, Any] = {
+        "format": image.format or "PIL",
+        "mode": image.mode,
+        "bit_depth": _PIL_BIT_DEPTH.get(image.mode),
+        "n_frames": n_frames,
+        "frame": frame_index,
+    }
+    try:
+        if n_frames > 1:
+            image.seek(frame_index)
+        image.load()
+        oriented = ImageOps.exif_transpose(image)
+    except Image.DecompressionBombError as error:
+        raise ImageLoadError(name, f"too many pixels ({error})") from error
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise ImageLoadError(name, f"corrupt or truncated image data ({error})") from error
+    meta["exif_transposed"] = _has_exif_rotation(image)
+    rgb, conversion = _pil_to_rgb(oriented)
+    meta.update(conversion)
+    return LoadedImage(image=rgb, original_size=rgb.size, source=name, meta=meta)
+
+
+def _load_array(array: np.ndarray, name: str, *, channels_first: bool, frame: int | None,
+                max_pixels: int | None) -> LoadedImage:
+    original_dtype = str(array.dtype)
+    if frame not in (None, 0):
+        raise ImageLoadError(name, f"frame={frame} requested but an array holds a single frame")
+    pixels = _to_channels_last(np.asarray(array), name, channels_first=channels_first)
+    height, width = pixels.shape[:2]
+    _check_pixels(name, (width, height), max_pixels)
+    try:
+        as_uint8, scaling = to_uint8(pixels)
+    except TypeError as error:
+        raise ImageLoadError(name, str(error)) from error
+    channels = as_uint8.shape[2]
+    alpha = "none"
+    if channels == 1:
+        rgb = np.repeat(as_uint8, 3, axis=2)
+    elif channels == 3:
+        rgb = as_uint8
+    else:
+        rgb = _composite_on_white(as_uint8[..., :3], as_uint8[..., 3])
+        alpha = "composited on white"
+    image = Image.fromarray(np.ascontiguousarray(rgb), mode="RGB")
+    meta = {
+        "format": "array",
+        "mode": original_dtype,
+        "bit_depth": int(np.dtype(original_dtype).itemsize * 8),
+        "intensity_scaling": scaling,
+        "alpha": alpha,
+        "n_frames": 1,
+        "frame": 0,
+        "exif_transposed": False,
+    }
+    return LoadedImage(image=image, original_size=image.size, source=name, meta=meta)
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------------------------
+
+_PIL_BIT_DEPTH = {
+    "1": 1, "L": 8, "P": 8, "LA": 8, "PA": 8, "La": 8, "RGB": 8, "RGBA": 8, "RGBa": 8,
+    "RGBX": 8, "CMYK": 8, "YCbCr": 8, "LAB": 8, "HSV": 8, "I;16": 16, "I;16L": 16,
+    "I;16B": 16, "I;16N": 16, "I": 32, "F": 32,
+}
+_HIGH_DEPTH_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
+
+
+def _pil_to_rgb(image: Image.Image) -> tuple[Image.Image, dict[str, Any]]:
+    """Convert any PIL mode to RGB uint8; return the image and what was done."""
+    mode = image.mode
+    if mode == "RGB":
+        return image.copy(), {"intensity_scaling": "none", "alpha": "none"}
+    if mode in _HIGH_DEPTH_MODES:
+        as_uint8, scaling = to_uint8(np.asarray(image))
+        gray = Image.fromarray(as_uint8, mode="L")
+        return gray.convert("RGB"), {"intensity_scaling": scaling, "alpha": "none"}
+    if mode == "P":
+        has_transparency = "transparency" in image.info
+        image = image.convert("RGBA" if has_transparency else "RGB")
+        mode = image.mode
+        if mode == "RGB":
+            return image, {"intensity_scaling": "palette", "alpha": "none"}
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = np.asarray(image.convert("RGBA"))
+        rgb = _composite_on_white(rgba[..., :3], rgba[..., 3])
+        return Image.fromarray(rgb, mode="RGB"), {"intensity_scaling": "none",
+                                                  "alpha": "composited on white"}
+    return image.convert("RGB"), {"intensity_scaling": "none", "alpha": "none"}
+
+
+def _composite_on_white(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    weight = alpha.astype(np.float32)[..., None] / 255.0
+    blended = rgb.astype(np.float32) * weight + 255.0 * (1.0 - weight)
+    return np.rint(blended).astype(np.uint8)
+
+
+def _to_channels_last(array: np.ndarray, name: str, *, channels_first: bool) -> np.ndarray:
+    """Return ``(H, W, C)`` with C in (1, 3, 4), or raise a clear error."""
+    valid = (1, 3, 4)
+    if array.ndim == 2:
+        return array[:, :, None]
+    if array.ndim == 3:
+        first, last = array.shape[0] in valid, array.shape[2] in valid
+        if channels_first and first:
+            return np.moveaxis(array, 0, 2)
+        if last:
+            return array
+        if first:
+            hint = " (channels-first arrays: transpose to (H, W, C))" if not channels_first else ""
+            raise ImageLoadError(
+                name, f"shape {array.shape} looks channels-first; expected (H, W, C){hint}"
+            )
+    if array.ndim == 4 and array.shape[0] == 1:
+        reason = f"shape {array.shape} has a batch dimension; pass one image (drop axis 0)"
+    else:
+        layout = "(H, W), (C, H, W) or (H, W, C)" if channels_first else "(H, W) or (H, W, C)"
+        reason = f"shape {array.shape} is not an image; expected {layout} with C in 1, 3, 4"
+    raise ImageLoadError(name, reason)
+
+
+def _min_max(array: np.ndarray, low: float, high: float) -> tuple[np.ndarray, str]:
+    if high <= low:
+        return np.zeros(array.shape, dtype=np.uint8), f"constant ({low:g}) -> 0"
+    scaled = np.rint((array - low) * (255.0 / (high - low)))
+    return np.clip(scaled, 0, 255).astype(np.uint8), f"min-max [{low:g}, {high:g}] -> [0, 255]"
+
+
+def _interpolation_axis(n_out: int, n_cells: int,
+                        fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Indices and weights to sample ``n_cells`` cell centres at ``n_out`` pixel centres."""
+    cell_extent = fraction * n_out / n_cells
+    position = (np.arange(n_out, dtype=np.float64) + 0.5) / cell_extent - 0.5
+    position = np.clip(position, 0.0, n_cells - 1)
+    low = np.floor(position).astype(np.intp)
+    high = np.minimum(low + 1, n_cells - 1)
+    return low, high, position - low
+
+
+def _resolve_frame(name: str, frame: int | None, n_frames: int) -> int:
+    if frame is None:
+        if n_frames > 1:
+            raise ImageLoadError(
+                name, f"has {n_frames} frames; pass frame= (0 to {n_frames - 1}) to pick one"
+            )
+        return 0
+    if isinstance(frame, bool) or not isinstance(frame, (int, np.integer)):
+        raise ImageLoadError(name, f"frame must be an int, got {type(frame).__name__}")
+    if not 0 <= frame < n_frames:
+        raise ImageLoadError(
+            name, f"frame={frame} is out of range; the image has {n_frames} frame(s) "
+            f"(0 to {n_frames - 1})"
+        )
+    return int(frame)
+
+
+def _check_pixels(name: str, size: tuple[int, int], max_pixels: int | None) -> None:
+    width, height = size
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageLoadError(
+            name,
+            f"too many pixels: {width} x {height} = {width * height:,} exceeds "
+            f"max_pixels={max_pixels:,} (decompression-bomb guard); pass a larger max_pixels "
+            "if the file is trusted",
+        )
+
+
+def _check_max_pixels_argument(max_pixels: int | None) -> None:
+    if max_pixels is not None and (
+        isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer))
+        or max_pixels < 1
+    ):
+        raise ValueError(f"max_pixels must be a positive int or None, got {max_pixels!r}")
+
+
+def _has_exif_rotation(image: Image.Image) -> bool:
+    try:
+        return int(image.getexif().get(0x0112, 1)) not in (1, 0)
+    except Exception:  # noqa: BLE001 - malformed EXIF simply means "no rotation"
+        return False
+
+
+def _stream_has_dicom_magic(stream: BinaryIO) -> bool:
+    if not (hasattr(stream, "seek") and hasattr(stream, "tell")):
+        return False
+    start = stream.tell()
+    head = stream.read(_DICOM_MAGIC_OFFSET + len(_DICOM_MAGIC))
+    stream.seek(start)
+    return head[_DICOM_MAGIC_OFFSET:] == _DICOM_MAGIC
+
+
+def _is_torch_tensor(value: Any) -> bool:
+    module = type(value).__module__
+    return module.startswith("torch") and hasattr(value, "detach") and hasattr(value, "numpy")
+
+
+def _torch() -> Any:
+    import torch
+
+    return torch
