@@ -1,5 +1,44 @@
-"""Concept vocabularies, prompts and concept scoring."""
+"""Concept vocabularies, prompts and concept scoring.
 
+The vocabulary layer: concepts as data (:class:`Concept`, :class:`ConceptVocabulary`,
+built-in vocabularies), prompt building, and the :class:`ConceptScorer` that turns images
+into a labelled :class:`ConceptScores` table with global and local (patch-level) alignment,
+plus concept maps, annotation evaluation, zero-shot classification and retrieval.
+"""
+
+from conceptlens.vocab.cache import FeatureCache
+from conceptlens.vocab.concept import Concept, VocabularyError
+from conceptlens.vocab.evaluation import evaluate_annotation
+from conceptlens.vocab.maps import ConceptMaps
+from conceptlens.vocab.prompts import (
+    DERM7PT_TEMPLATE,
+    TEMPLATES,
+    ConceptPrompt,
+    PromptTemplate,
+    build_prompts,
+)
+from conceptlens.vocab.scorer import ConceptScorer, ScoringConfig, available_presets
 from conceptlens.vocab.scores import ConceptScores
+from conceptlens.vocab.vocabulary import ConceptVocabulary
+from conceptlens.vocab.zeroshot import retrieve_concepts, retrieve_images, zero_shot_classify
 
-__all__ = ["ConceptScores"]
+__all__ = [
+    "DERM7PT_TEMPLATE",
+    "TEMPLATES",
+    "Concept",
+    "ConceptMaps",
+    "ConceptPrompt",
+    "ConceptScorer",
+    "ConceptScores",
+    "ConceptVocabulary",
+    "FeatureCache",
+    "PromptTemplate",
+    "ScoringConfig",
+    "VocabularyError",
+    "available_presets",
+    "build_prompts",
+    "evaluate_annotation",
+    "retrieve_concepts",
+    "retrieve_images",
+    "zero_shot_classify",
+]
