@@ -123,7 +123,7 @@ def run_fit(args: argparse.Namespace) -> None:
     labels = _column_for(_read_table(args.labels, "labels"), args.labels, args.label_column,
                          scores.table.index)
     if args.kind == "sparse":
-        model = SparseLinearBottleneck(penalty=args.penalty, max_concepts=args.max_concepts)
+        model = SparseLinearBottleneck(l1_ratio=args.l1_ratio, max_concepts=args.max_concepts)
     else:
         model = AssociationBottleneck()
     model.fit(scores, labels.to_numpy())

@@ -72,8 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", default="sparse", choices=["sparse", "association"])
     p.add_argument("--max-concepts", type=int, default=None,
                    help="sparse: at most this many concepts per class (best model on the path)")
-    p.add_argument("--penalty", default="l1", choices=["l1", "elasticnet"])
-    _common(p, model=False, out_help="bottleneck file to write (.json, with its arrays beside it)")
+    p.add_argument("--l1-ratio", type=float, default=1.0,
+                   help="sparse: 1.0 is the L1 (lasso) penalty, below 1 elastic net (default: 1.0)")
+    _common(p, model=False, out_help="folder to write the bottleneck into (JSON + npz, no pickle)")
     p.set_defaults(handler="fit")
 
     p = sub.add_parser("explain", help="explain images -> HTML + JSON explanation report",

@@ -1,3 +1,36 @@
-"""Concept-bottleneck classifiers, interventions and audits."""
+"""Concept-bottleneck classifiers, interventions and audits.
 
-__all__: list[str] = []
+* :class:`SparseLinearBottleneck`: sparse (L1 / elastic-net) logistic regression over concept
+  scores, fitted along a warm-started regularisation path, "at most k concepts per class";
+* :class:`AssociationBottleneck`: LaBo-style class x concept association matrix;
+* explanations on both: ``contributions``, ``top_concepts``, ``global_importance``,
+  ``intervene`` and :func:`intervention_curve`;
+* :func:`audit`: explain and check any decision-maker's decisions through concepts;
+* persistence without pickle: ``model.save(folder)`` / ``Class.load(folder)`` /
+  :func:`load_bottleneck`.
+"""
+
+from conceptlens.concepts._inputs import UnknownConceptError, VocabularyMismatchError
+from conceptlens.concepts.association import AssociationBottleneck
+from conceptlens.concepts.audit import audit
+from conceptlens.concepts.audit_result import AuditResult
+from conceptlens.concepts.base import ConceptBottleneckBase
+from conceptlens.concepts.interventions import INTERVENTION_POLICIES, intervention_curve
+from conceptlens.concepts.persistence import load_bottleneck
+from conceptlens.concepts.results import Contributions, InterventionResult
+from conceptlens.concepts.sparse import SparseLinearBottleneck
+
+__all__ = [
+    "INTERVENTION_POLICIES",
+    "AssociationBottleneck",
+    "AuditResult",
+    "ConceptBottleneckBase",
+    "Contributions",
+    "InterventionResult",
+    "SparseLinearBottleneck",
+    "UnknownConceptError",
+    "VocabularyMismatchError",
+    "audit",
+    "intervention_curve",
+    "load_bottleneck",
+]

@@ -1,3 +1,64 @@
-"""Synthetic dermoscopy data with ground truth and the demo model trained on it."""
+"""Synthetic dermoscopy data with ground truth and the demo model trained on it.
 
-__all__: list[str] = []
+* :func:`generate` draws dermoscopy-like images whose 7-point-checklist criteria (and an
+  ink-marking artifact) are known, with pixel masks, scores, diagnoses and captions.
+* :func:`evaluate_demo_model` measures a model against that ground truth (zero-shot
+  annotation AUC, pointing game, sparse bottleneck).
+* :func:`train_demo_model` (``python -m conceptlens.demo.train``) trains the reference
+  ConceptCLIP architecture on generated image-caption pairs; the result ships in
+  :data:`DEMO_WEIGHTS_DIR` and loads with :func:`load_demo_model` or
+  ``conceptlens.models.load_backbone("demo")``.
+"""
+
+from conceptlens.demo.evaluate import (
+    PROMPT_TEMPLATE,
+    QUALITY_BARS,
+    REFERENCE_PROMPT,
+    DemoEvaluation,
+    concept_prompt,
+    evaluate_demo_model,
+)
+from conceptlens.demo.generator import (
+    ARTIFACT_ID,
+    CONCEPT_IDS,
+    CRITERIA_IDS,
+    CRITERIA_POINTS,
+    SyntheticDermoscopy,
+    caption_words,
+    concept_synonyms,
+    generate,
+    patch_masks,
+    seven_point_score,
+)
+from conceptlens.demo.weights_io import DEMO_WEIGHTS_DIR, load_demo_model
+
+__all__ = [
+    "ARTIFACT_ID",
+    "CONCEPT_IDS",
+    "CRITERIA_IDS",
+    "CRITERIA_POINTS",
+    "DEMO_WEIGHTS_DIR",
+    "DemoEvaluation",
+    "PROMPT_TEMPLATE",
+    "QUALITY_BARS",
+    "REFERENCE_PROMPT",
+    "SyntheticDermoscopy",
+    "caption_words",
+    "concept_prompt",
+    "concept_synonyms",
+    "evaluate_demo_model",
+    "generate",
+    "load_demo_model",
+    "patch_masks",
+    "seven_point_score",
+    "train_demo_model",
+    "TrainingConfig",
+]
+
+
+def __getattr__(name: str):  # training pulls in the optimiser code only when asked for
+    if name in ("train_demo_model", "TrainingConfig"):
+        from conceptlens.demo import train
+
+        return getattr(train, name)
+    raise AttributeError(f"module 'conceptlens.demo' has no attribute {name!r}")

@@ -1,5 +1,6 @@
 """Self-contained HTML reports (with a JSON twin) for explanations and audits."""
 
+from conceptlens.explain.report.builders import ImageExplanation, audit_report, explanation_report
 from conceptlens.explain.report.document import (
     Facts,
     Figures,
@@ -11,8 +12,14 @@ from conceptlens.explain.report.document import (
     figure_to_data_uri,
     image_to_data_uri,
 )
+from conceptlens.explain.report.workflows import explain_images, model_notice
 
 __all__ = [
+    "ImageExplanation",
+    "audit_report",
+    "explain_images",
+    "explanation_report",
+    "model_notice",
     "Facts",
     "Figures",
     "Gallery",

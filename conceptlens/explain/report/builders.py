@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from conceptlens.explain.report.document import Facts, Figures, Gallery, Report, Table, Text
+from conceptlens.explain.report.document import Facts, Figures, Gallery, Report, Table
 
 __all__ = ["ImageExplanation", "audit_report", "explanation_report"]
 
@@ -228,7 +228,7 @@ def audit_report(
     report = Report(title, kind="audit", notice=notice)
     facts: dict[str, Any] = {"images": len(table), "concepts": table.shape[1]}
     classes, counts = np.unique(decisions.astype(str), return_counts=True)
-    facts.update({f"decided '{c}'": int(n) for c, n in zip(classes, counts)})
+    facts.update({f"decided '{c}'": int(n) for c, n in zip(classes, counts, strict=True)})
     if labels is not None:
         labels = np.asarray(labels)
         facts["accuracy of decisions"] = float(np.mean(labels.astype(str) == decisions.astype(str)))

@@ -1,0 +1,315 @@
+"""Audit any decision-maker (a model, a reader, a dataset's labels) through concepts."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import cohen_kappa_score
+from sklearn.model_selection import train_test_split
+from sklearn.utils.multiclass import check_classification_targets
+
+from conceptlens.concepts._inputs import as_finite_matrix, resolve_concepts
+from conceptlens.concepts._stats import benjamini_hochberg, rank_association, wilson_interval
+from conceptlens.concepts.audit_result import AuditResult
+from conceptlens.concepts.sparse import SparseLinearBottleneck
+
+__all__ = ["audit"]
+
+
+def _labels(values: Any, n: int, name: str) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D (one label per sample), got shape {arr.shape}")
+    if len(arr) != n:
+        raise ValueError(f"{name} has {len(arr)} entries but the scores have {n} samples")
+    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contain NaN or infinite values")
+    try:
+        check_classification_targets(arr)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be class labels: {exc}") from exc
+    return arr
+
+
+def _association_table(X, decisions, outputs, ids, names) -> pd.DataFrame:
+    frames = []
+    for c in outputs:
+        r = rank_association(X, decisions == c)
+        frames.append(pd.DataFrame({"class": [c] * len(ids), "concept": ids,
+                                    "name": [names.get(i, i) for i in ids], **r}))
+    table = pd.concat(frames, ignore_index=True)
+    table["q_value"] = benjamini_hochberg(table["p_value"].to_numpy())
+    order = np.argsort(-np.abs(table["effect_size"].fillna(0).to_numpy()), kind="stable")
+    return table.iloc[order].reset_index(drop=True)
+
+
+def _fit_surrogate(X, decisions, ids, test_size, max_concepts, random_state):
+    frame = pd.DataFrame(X, columns=ids)
+    _, counts = np.unique(decisions, return_counts=True)
+    can_split = 0 < test_size < 1 and counts.min() >= 2 and len(decisions) >= 10
+    surrogate = SparseLinearBottleneck(max_concepts=max_concepts, cv=3, random_state=random_state)
+    rows = []
+    if can_split:
+        tr, te = train_test_split(np.arange(len(decisions)), test_size=test_size,
+                                  stratify=decisions, random_state=random_state)
+        splits = [("train", tr), ("held_out", te)]
+    else:
+        tr = np.arange(len(decisions))
+        splits = [("train", tr)]
+    surrogate.fit(frame.iloc[tr], decisions[tr])
+    for split, idx in splits:
+        pred = surrogate.predict(frame.iloc[idx])
+        agree = int(np.sum(pred == decisions[idx]))
+        lo, hi = wilson_interval(agree, len(idx))
+        _, cnt = np.unique(decisions[idx], return_counts=True)
+        rows.append({
+            "split": split, "n": len(idx), "fidelity": agree / len(idx),
+            "ci_low": float(lo), "ci_high": float(hi),
+            "majority_baseline": cnt.max() / len(idx),
+            "kappa": float(cohen_kappa_score(decisions[idx], pred)),
+        })
+    return surrogate, pd.DataFrame(rows)
+
+
+def _reliance_table(surrogate, frame, association, ids, names, marks) -> pd.DataFrame:
+    imp = surrogate.global_importance(frame)
+    strength = association.assign(abs_effect=association["effect_size"].abs()).groupby(
+        "concept", sort=False
+    ).agg(max_abs_effect=("abs_effect", "max"), min_q_value=("q_value", "min"))
+    table = pd.DataFrame({"concept": ids, "name": [names.get(i, i) for i in ids],
+                          "marked": [marks.get(i, "") for i in ids]})
+    table["importance"] = imp["total"].reindex(ids).to_numpy()
+    table["share"] = imp["share"].reindex(ids).to_numpy()
+    table["max_abs_effect"] = strength["max_abs_effect"].reindex(ids).to_numpy()
+    table["min_q_value"] = strength["min_q_value"].reindex(ids).to_numpy()
+    table = table.sort_values(["importance", "max_abs_effect"], ascending=False, kind="stable")
+    table.insert(0, "rank", np.arange(1, len(table) + 1))
+    return table.reset_index(drop=True)
+
+
+def _error_table(X, decisions, labels, outputs, ids, names) -> pd.DataFrame:
+    frames = []
+    for c in outputs:
+        pred_c, true_c = decisions == c, labels == c
+        for kind, err, ref in (("false_positive", pred_c & ~true_c, ~pred_c & ~true_c),
+                               ("false_negative", ~pred_c & true_c, pred_c & true_c)):
+            if err.sum() == 0 or ref.sum() == 0:
+                continue
+            sub = err | ref
+            r = rank_association(X[sub], err[sub])
+            frames.append(pd.DataFrame({
+                "error_type": kind, "class": [c] * len(ids), "concept": ids,
+                "name": [names.get(i, i) for i in ids], "n_error": int(err.sum()),
+                "n_reference": int(ref.sum()), **r,
+            }))
+    if not frames:
+        return pd.DataFrame(columns=["error_type", "class", "concept", "name", "n_error",
+                                     "n_reference", "auc", "effect_size", "mean_diff",
+                                     "p_value", "q_value"])
+    table = pd.concat(frames, ignore_index=True)
+    table["q_value"] = benjamini_hochberg(table["p_value"].to_numpy())
+    return table.sort_values(["p_value", "effect_size"], key=lambda s: s if s.name == "p_value"
+                             else -s.abs(), kind="stable").reset_index(drop=True)
+
+
+def _slice_table(X, correct, ids, names, candidates, quantiles, min_size, n_slices) -> pd.DataFrame:
+    lo_q, hi_q = quantiles
+    lo, hi = np.quantile(X, lo_q, axis=0), np.quantile(X, hi_q, axis=0)
+    conds, masks = [], []
+    for j, cid in enumerate(ids):
+        label = names.get(cid, cid)
+        conds.append((cid, f"{label} high", j))
+        masks.append(X[:, j] >= hi[j])
+        conds.append((cid, f"{label} low", j))
+        masks.append(X[:, j] <= lo[j])
+    M = np.column_stack(masks).astype(float)
+    ok = correct.astype(float)
+    rows = []
+    size1, good1 = M.sum(axis=0), (M * ok[:, None]).sum(axis=0)
+    for a in range(M.shape[1]):
+        rows.append((conds[a][1], conds[a][0], "", size1[a], good1[a]))
+    cand_cols = [a for a in range(M.shape[1]) if conds[a][2] in set(candidates)]
+    if cand_cols:
+        Mc = M[:, cand_cols]
+        sizes = Mc.T @ Mc
+        goods = Mc.T @ (Mc * ok[:, None])
+        for u, v in itertools.combinations(range(len(cand_cols)), 2):
+            a, b = cand_cols[u], cand_cols[v]
+            if conds[a][2] == conds[b][2]:
+                continue
+            rows.append((f"{conds[a][1]} & {conds[b][1]}", conds[a][0], conds[b][0],
+                         sizes[u, v], goods[u, v]))
+    table = pd.DataFrame(rows, columns=["slice", "concept_1", "concept_2", "size", "n_correct"])
+    table = table[table["size"] >= min_size].copy()
+    table["size"] = table["size"].astype(int)
+    table["n_correct"] = table["n_correct"].astype(int)
+    table["accuracy"] = table["n_correct"] / table["size"]
+    lo_ci, hi_ci = wilson_interval(table["n_correct"].to_numpy(), table["size"].to_numpy())
+    table["ci_low"], table["ci_high"] = lo_ci, hi_ci
+    table["accuracy_gap"] = table["accuracy"] - float(np.mean(correct))
+    table = table.sort_values(["ci_high", "accuracy", "size"], ascending=[True, True, False],
+                              kind="stable")
+    return table.head(n_slices).reset_index(drop=True)
+
+
+def audit(
+    scores: Any,
+    decisions: Any,
+    labels: Any = None,
+    *,
+    expected_concepts: Iterable[Any] | None = None,
+    irrelevant_concepts: Iterable[Any] | None = None,
+    positive_class: Any = None,
+    test_size: float = 0.3,
+    max_concepts: int | None = None,
+    alpha: float = 0.05,
+    min_reliance: float = 0.05,
+    min_effect: float = 0.2,
+    slice_quantiles: tuple[float, float] = (1 / 3, 2 / 3),
+    n_slice_concepts: int = 15,
+    min_slice_size: int = 20,
+    n_slices: int = 20,
+    random_state: int | None = 0,
+) -> AuditResult:
+    """Explain and check a decision-maker's decisions through concept scores.
+
+    Args:
+        scores: ``(n_samples, n_concepts)`` concept scores (``ConceptScores``, DataFrame, array).
+        decisions: ``(n_samples,)`` labels the audited model (or reader) gave.
+        labels: ``(n_samples,)`` true labels, if known (enables error and slice analysis).
+        expected_concepts: Concepts (ids or names) a clinician expects the decision to use.
+        irrelevant_concepts: Concepts that should NOT matter for the task (e.g. a ruler, a
+            scanner marker, skin tone for a lesion-type decision); reliance on them is flagged.
+        positive_class: For two classes, the class whose associations are reported
+            (default: the larger label, scikit-learn's ``classes_[1]``).
+        test_size: Fraction of samples held out to measure the surrogate's fidelity.
+        max_concepts: Sparsity limit of the surrogate (per class).
+        alpha: FDR level for ``q_value`` significance.
+        min_reliance: Importance share above which a concept counts as relied upon.
+        min_effect: Absolute rank-biserial effect above which a significant association counts.
+        slice_quantiles: Score quantiles below/above which a concept is "low"/"high".
+        n_slice_concepts: Two-concept slices are built from this many most associated concepts.
+        min_slice_size: Smallest slice reported.
+        n_slices: Number of worst slices reported.
+        random_state: Seed of the held-out split and the surrogate.
+
+    Returns:
+        :class:`AuditResult`. Tables and columns:
+
+        * ``association``: ``class, concept, name, auc, effect_size`` (rank-biserial, positive:
+          higher score among samples given ``class``), ``mean_diff, p_value`` (Mann-Whitney),
+          ``q_value`` (Benjamini-Hochberg over all rows); one-vs-rest per class (binary: the
+          positive class only); sorted by ``|effect_size|``.
+        * ``surrogate_fidelity``: ``split, n, fidelity, ci_low, ci_high`` (Wilson 95 %),
+          ``majority_baseline, kappa``; the surrogate is a :class:`SparseLinearBottleneck`
+          fitted to the decisions on the training split.
+        * ``reliance``: ``rank, concept, name, marked, importance`` (surrogate's mean absolute
+          contribution, summed over classes), ``share, max_abs_effect, min_q_value``.
+        * ``spurious``: the ``reliance`` rows of irrelevant concepts plus ``flagged`` and
+          ``reason``; ``unused_expected``: expected concepts plus ``unused``.
+        * ``errors``: ``error_type`` (false_positive: predicted ``class`` wrongly, compared with
+          true negatives; false_negative: missed ``class``, compared with true positives),
+          ``class, concept, name, n_error, n_reference, auc, effect_size, mean_diff, p_value,
+          q_value``.
+        * ``slices``: ``slice, concept_1, concept_2, size, n_correct, accuracy, ci_low,
+          ci_high, accuracy_gap``; worst first by the Wilson upper bound (a slice is listed
+          high only when it is bad with confidence, not merely small).
+
+    Raises:
+        ValueError: Mismatched lengths, NaN / infinite scores, a single decision class.
+        UnknownConceptError: An expected / irrelevant concept is not a column of ``scores``.
+    """
+    X, ids, prov = as_finite_matrix(scores, name="scores")
+    names = prov.concept_names
+    n = len(X)
+    dec = _labels(decisions, n, "decisions")
+    lab = _labels(labels, n, "labels") if labels is not None else None
+    if lab is not None and np.result_type(dec.dtype, lab.dtype).kind == "O":
+        dec, lab = dec.astype(object), lab.astype(object)
+    dec_classes = np.unique(dec)
+    if len(dec_classes) < 2:
+        raise ValueError(
+            f"decisions contain only one class ({dec_classes[0]!r}); nothing to explain"
+        )
+    irrelevant = resolve_concepts(irrelevant_concepts, ids, names, what="irrelevant concept")
+    expected = resolve_concepts(expected_concepts, ids, names, what="expected concept")
+    overlap = set(irrelevant) & set(expected)
+    if overlap:
+        raise ValueError(
+            f"concepts {[ids[j] for j in sorted(overlap)]} are marked both expected and irrelevant"
+        )
+    marks = {ids[j]: "irrelevant" for j in irrelevant} | {ids[j]: "expected" for j in expected}
+
+    classes = np.unique(np.concatenate([dec, lab])) if lab is not None else dec_classes
+    if len(dec_classes) == 2:
+        pos = dec_classes[1] if positive_class is None else positive_class
+        if pos not in list(dec_classes):
+            raise ValueError(f"positive_class {pos!r} is not among the decisions {list(dec_classes)}")
+        outputs = [pos]
+    else:
+        outputs = list(dec_classes)
+
+    association = _association_table(X, dec, outputs, ids, names)
+    surrogate, fidelity = _fit_surrogate(X, dec, ids, test_size, max_concepts, random_state)
+    frame = pd.DataFrame(X, columns=ids)
+    reliance = _reliance_table(surrogate, frame, association, ids, names, marks)
+
+    relied = reliance["share"] >= min_reliance
+    associated = (reliance["min_q_value"] < alpha) & (reliance["max_abs_effect"] >= min_effect)
+    reasons = np.where(relied & associated, "surrogate relies on it; associated with decisions",
+                       np.where(relied, "surrogate relies on it",
+                                np.where(associated, "associated with decisions", "")))
+    spurious = reliance[reliance["marked"] == "irrelevant"].copy()
+    spurious["flagged"] = (relied | associated)[spurious.index]
+    spurious["reason"] = reasons[spurious.index]
+    unused = reliance[reliance["marked"] == "expected"].copy()
+    unused["unused"] = ~(relied | associated)[unused.index]
+
+    errors = pd.DataFrame()
+    slices = pd.DataFrame()
+    accuracy = None
+    if lab is not None:
+        correct = dec == lab
+        accuracy = float(np.mean(correct))
+        err_outputs = outputs if len(classes) == 2 else list(classes)
+        errors = _error_table(X, dec, lab, err_outputs, ids, names)
+        top = association.drop_duplicates("concept")["concept"].head(n_slice_concepts)
+        candidates = [ids.index(c) for c in top]
+        slices = _slice_table(X, correct, ids, names, candidates, slice_quantiles,
+                              min_slice_size, n_slices)
+
+    held = fidelity[fidelity["split"] == "held_out"]
+    summary: dict[str, Any] = {
+        "n_samples": n,
+        "n_concepts": len(ids),
+        "classes": [c.item() if hasattr(c, "item") else c for c in classes],
+        "decision_accuracy": accuracy,
+        "fidelity": float(held["fidelity"].iloc[0]) if len(held) else float("nan"),
+        "fidelity_ci": (
+            [float(held["ci_low"].iloc[0]), float(held["ci_high"].iloc[0])] if len(held) else None
+        ),
+        "surrogate_concepts": int((np.abs(surrogate.coef_) > 0).any(axis=0).sum()),
+        "n_flagged_spurious": int(spurious["flagged"].sum()),
+        "n_unused_expected": int(unused["unused"].sum()),
+        "vocabulary_hash": prov.vocabulary_hash,
+    }
+    coefs = surrogate.coef_frame(standardized=True)
+    coefs.index = pd.Index([str(c) for c in coefs.index], name="class")
+    return AuditResult(
+        summary=summary,
+        reliance=reliance,
+        spurious=spurious.reset_index(drop=True),
+        unused_expected=unused.reset_index(drop=True),
+        association=association,
+        surrogate_fidelity=fidelity,
+        surrogate_coefficients=coefs,
+        errors=errors,
+        slices=slices,
+        surrogate=surrogate,
+    )

@@ -1,0 +1,171 @@
+"""Saving and loading fitted bottlenecks without pickle (JSON + ``.npz``).
+
+A saved model is a folder with two files:
+
+* ``bottleneck.json``: format version, estimator class, hyper-parameters, class labels,
+  concept ids and names, vocabulary hash, backbone identity, small fitted attributes;
+* ``bottleneck.npz``: the numeric arrays, read back with ``allow_pickle=False``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from conceptlens.concepts._inputs import check_vocabulary
+
+__all__ = ["load_bottleneck", "save_bottleneck"]
+
+FORMAT = "conceptlens.bottleneck"
+FORMAT_VERSION = 1
+JSON_NAME = "bottleneck.json"
+ARRAYS_NAME = "bottleneck.npz"
+_SHARED_ARRAYS = ("coef_", "intercept_", "mean_", "scale_")
+
+
+def _registry() -> dict[str, type]:
+    from conceptlens.concepts.association import AssociationBottleneck
+    from conceptlens.concepts.sparse import SparseLinearBottleneck
+
+    return {c.__name__: c for c in (SparseLinearBottleneck, AssociationBottleneck)}
+
+
+def to_json_value(value: Any, *, what: str) -> Any:
+    """Encode a parameter / attribute as JSON, tagging what JSON cannot say by itself."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        f = float(value)
+        return f if math.isfinite(f) else {"__float__": repr(f)}
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind not in "biufU":
+            raise TypeError(f"cannot save {what}: array of dtype {value.dtype}")
+        return {"__ndarray__": value.tolist(), "dtype": value.dtype.str}
+    if isinstance(value, (list, tuple)):
+        return [to_json_value(v, what=what) for v in value]
+    if isinstance(value, dict):
+        return {"__pairs__": [[to_json_value(k, what=what), to_json_value(v, what=what)]
+                              for k, v in value.items()]}
+    raise TypeError(
+        f"cannot save {what}: values of type {type(value).__name__} are not JSON-serialisable "
+        "(use plain numbers, strings, lists or dicts)"
+    )
+
+
+def from_json_value(value: Any) -> Any:
+    """Inverse of :func:`to_json_value`."""
+    if isinstance(value, list):
+        return [from_json_value(v) for v in value]
+    if isinstance(value, dict):
+        if "__ndarray__" in value:
+            return np.array(value["__ndarray__"], dtype=np.dtype(value["dtype"]))
+        if "__float__" in value:
+            return float(value["__float__"])
+        if "__pairs__" in value:
+            return {_hashable(from_json_value(k)): from_json_value(v) for k, v in value["__pairs__"]}
+        return {k: from_json_value(v) for k, v in value.items()}
+    return value
+
+
+def _hashable(v: Any) -> Any:
+    return tuple(v) if isinstance(v, list) else v
+
+
+def save_bottleneck(model: Any, path: str | Path) -> Path:
+    """Write a fitted bottleneck to folder ``path``; see the module docstring."""
+    from sklearn.utils.validation import check_is_fitted
+
+    check_is_fitted(model)
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"cannot save model to {folder}: it exists and is not a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    name = type(model).__name__
+    meta: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "estimator": name,
+        "params": to_json_value(model.get_params(deep=False), what=f"{name} parameters"),
+        "classes": to_json_value(np.asarray(model.classes_), what="classes_"),
+        "concept_ids": list(model.concept_ids_),
+        "concept_names": dict(model.concept_names_),
+        "vocabulary_hash": model.vocabulary_hash_,
+        "backbone": model.backbone_,
+        "n_features_in": int(model.n_features_in_),
+        "feature_names_in": (
+            [str(f) for f in model.feature_names_in_] if hasattr(model, "feature_names_in_") else None
+        ),
+        "attributes": {
+            a: to_json_value(getattr(model, a), what=a) for a in model._json_attributes
+        },
+    }
+    arrays = {a: np.asarray(getattr(model, a)) for a in _SHARED_ARRAYS + model._array_attributes}
+    for a, arr in arrays.items():
+        if arr.dtype.kind not in "biuf":
+            raise TypeError(f"cannot save {a}: array of dtype {arr.dtype}")
+    with open(folder / ARRAYS_NAME, "wb") as fh:
+        np.savez(fh, **arrays)
+    (folder / JSON_NAME).write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    return folder
+
+
+def load_bottleneck(path: str | Path, *, vocabulary_hash: str | None = None) -> Any:
+    """Read a bottleneck written by :func:`save_bottleneck` (any bottleneck class).
+
+    Raises:
+        FileNotFoundError: The folder or one of its two files is missing.
+        ValueError: The files are not a conceptlens bottleneck, or are inconsistent.
+        VocabularyMismatchError: ``vocabulary_hash`` is given and differs from the stored one.
+    """
+    folder = Path(path)
+    json_path, npz_path = folder / JSON_NAME, folder / ARRAYS_NAME
+    for p in (json_path, npz_path):
+        if not p.is_file():
+            raise FileNotFoundError(f"saved bottleneck incomplete: {p} not found")
+    try:
+        meta = json.loads(json_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{json_path} is not valid JSON: {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ValueError(f"{json_path} is not a conceptlens bottleneck file")
+    if int(meta.get("format_version", -1)) > FORMAT_VERSION:
+        raise ValueError(
+            f"{json_path} has format version {meta['format_version']}; this conceptlens reads "
+            f"up to {FORMAT_VERSION}"
+        )
+    registry = _registry()
+    cls = registry.get(meta.get("estimator"))
+    if cls is None:
+        raise ValueError(f"{json_path}: unknown estimator {meta.get('estimator')!r}")
+    check_vocabulary(meta.get("vocabulary_hash"), vocabulary_hash, where=str(folder))
+
+    model = cls(**from_json_value(meta["params"]))
+    with np.load(npz_path, allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    missing = [a for a in _SHARED_ARRAYS + cls._array_attributes if a not in arrays]
+    if missing:
+        raise ValueError(f"{npz_path} lacks arrays {missing}")
+    for a in _SHARED_ARRAYS + cls._array_attributes:
+        setattr(model, a, arrays[a])
+    model.classes_ = from_json_value(meta["classes"])
+    model.concept_ids_ = list(meta["concept_ids"])
+    model.concept_names_ = dict(meta["concept_names"])
+    model.vocabulary_hash_ = meta["vocabulary_hash"]
+    model.backbone_ = meta["backbone"]
+    model.n_features_in_ = int(meta["n_features_in"])
+    if meta.get("feature_names_in") is not None:
+        model.feature_names_in_ = np.asarray(meta["feature_names_in"], dtype=object)
+    for a, v in meta.get("attributes", {}).items():
+        setattr(model, a, from_json_value(v))
+    if model.coef_.shape != (model.intercept_.shape[0], model.n_features_in_):
+        raise ValueError(f"{npz_path}: coef_ shape {model.coef_.shape} does not match the metadata")
+    model._restore_after_load()
+    return model

@@ -1,0 +1,305 @@
+"""Sparse linear concept bottleneck: L1 / elastic-net logistic regression over a path."""
+
+from __future__ import annotations
+
+import warnings
+from numbers import Integral, Real
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.special import expit, softmax
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold
+from sklearn.utils.class_weight import compute_sample_weight
+
+from conceptlens.concepts.base import ConceptBottleneckBase
+
+__all__ = ["SparseLinearBottleneck"]
+
+_PATH_SPAN = 1e3  # the automatic grid spans this factor above the smallest useful C
+
+
+class SparseLinearBottleneck(ConceptBottleneckBase):
+    """Multinomial (or binary) logistic regression on standardised concept scores, sparse.
+
+    The model is fitted along a regularisation path of ``C`` values (strong to weak penalty,
+    each fit warm-started from the previous one). The selected model is the best one on the
+    path (by cross-validated ``scoring`` when ``cv`` is set, else the least regularised) among
+    those that use at most ``max_concepts`` concepts for every class. With ``max_concepts``
+    set, the path stops at the first penalty whose model exceeds it (weaker penalties would
+    only add concepts, and they are the slowest fits).
+
+    Args:
+        Cs: Number of ``C`` values (log-spaced from the smallest ``C`` whose model is all zero,
+            over three decades) or an explicit sequence of positive ``C`` values.
+        l1_ratio: 1 for a pure L1 penalty, in ``(0, 1)`` for elastic net.
+        max_concepts: Keep only models with at most this many non-zero weights per class
+            (binary: in the single decision function). ``None``: no limit.
+        cv: Number of stratified folds used to score each ``C`` (capped by the smallest class
+            count); ``None`` or ``1`` selects the least regularised admissible model.
+        scoring: ``"log_loss"`` (lower is better) or ``"accuracy"``; ties go to the sparser model.
+        class_weight: ``None``, ``"balanced"`` or a mapping class -> weight.
+        standardize: Standardise each concept score before fitting (recommended: the penalty
+            then treats all concepts alike).
+        max_iter: Maximum SAGA epochs per fit.
+        tol: SAGA stopping tolerance.
+        random_state: Seed for SAGA and the fold split.
+
+    Attributes:
+        coef_: ``(n_outputs, n_concepts)`` weights in ORIGINAL score units, so that
+            ``decision_function(X) == X @ coef_.T + intercept_``; ``coef_frame(standardized=True)``
+            gives the weights per standard deviation (what the penalty saw).
+        intercept_: ``(n_outputs,)`` intercepts in original units.
+        C_: The selected ``C``.
+        Cs_: ``(n_Cs,)`` the path's ``C`` values, increasing (truncated where the path stopped).
+        coef_path_: ``(n_Cs, n_outputs, n_concepts)`` standardised weights along the path.
+        intercept_path_: ``(n_Cs, n_outputs)`` standardised-space intercepts along the path.
+        cv_scores_: ``(n_Cs, n_folds)`` validation scores (empty without ``cv``).
+        best_index_: Index of the selected ``C`` in ``Cs_``.
+        n_iter_: SAGA epochs of the selected fit.
+
+    Examples:
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(0)
+        >>> X = rng.normal(size=(200, 6)); y = (X[:, 0] - X[:, 2] > 0).astype(int)
+        >>> model = SparseLinearBottleneck(max_concepts=2, cv=3).fit(X, y)
+        >>> sorted(np.flatnonzero(model.coef_[0]).tolist())
+        [0, 2]
+    """
+
+    _array_attributes = ("Cs_", "coef_path_", "intercept_path_", "cv_scores_", "n_concepts_path_")
+    _json_attributes = ("C_", "best_index_", "n_iter_")
+
+    def __init__(
+        self,
+        Cs: int | Any = 20,
+        *,
+        l1_ratio: float = 1.0,
+        max_concepts: int | None = None,
+        cv: int | None = 5,
+        scoring: str = "log_loss",
+        class_weight: Any = None,
+        standardize: bool = True,
+        max_iter: int = 1000,
+        tol: float = 1e-4,
+        random_state: int | None = 0,
+    ) -> None:
+        self.Cs = Cs
+        self.l1_ratio = l1_ratio
+        self.max_concepts = max_concepts
+        self.cv = cv
+        self.scoring = scoring
+        self.class_weight = class_weight
+        self.standardize = standardize
+        self.max_iter = max_iter
+        self.tol = tol
+        self.random_state = random_state
+
+    # ------------------------------------------------------------------ checks
+    def _check_params(self) -> None:
+        if not isinstance(self.l1_ratio, Real) or not 0 < float(self.l1_ratio) <= 1:
+            raise ValueError(f"l1_ratio must be in (0, 1], got {self.l1_ratio!r}")
+        if self.max_concepts is not None and (
+            not isinstance(self.max_concepts, Integral) or self.max_concepts < 0
+        ):
+            raise ValueError(f"max_concepts must be None or an integer >= 0, got {self.max_concepts!r}")
+        if self.cv is not None and (not isinstance(self.cv, Integral) or self.cv < 1):
+            raise ValueError(f"cv must be None or an integer >= 1, got {self.cv!r}")
+        if self.scoring not in ("log_loss", "accuracy"):
+            raise ValueError(f"scoring must be 'log_loss' or 'accuracy', got {self.scoring!r}")
+        if isinstance(self.Cs, Integral):
+            if self.Cs < 1:
+                raise ValueError(f"Cs must be >= 1, got {self.Cs}")
+        else:
+            cs = np.asarray(self.Cs, dtype=float)
+            if cs.ndim != 1 or len(cs) == 0 or not np.all(np.isfinite(cs)) or np.any(cs <= 0):
+                raise ValueError(f"Cs must be an int or a 1-D sequence of positive floats, got {self.Cs!r}")
+
+    # ------------------------------------------------------------------ path
+    def _grid(self, Z: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        if not isinstance(self.Cs, Integral):
+            return np.sort(np.asarray(self.Cs, dtype=float))
+        n_classes = len(self.classes_)
+        if n_classes == 2:
+            target = (y == 1).astype(float)[:, None]
+        else:
+            target = np.eye(n_classes)[y]
+        prior = np.average(target, axis=0, weights=weights)
+        grad = Z.T @ (weights[:, None] * (target - prior[None, :]))
+        # The all-zero model is optimal iff C * max|gradient of the loss at 0| <= l1_ratio.
+        g = float(np.abs(grad).max())
+        c_min = float(self.l1_ratio) / g if g > 0 else 1.0
+        # Start just inside the all-zero region: exactly at c_min the solution is degenerate
+        # (weights ~1e-14) and SAGA's relative stopping rule then needs hundreds of epochs.
+        c_min *= 0.99
+        return np.geomspace(c_min, c_min * _PATH_SPAN, int(self.Cs))
+
+    def _fit_path(
+        self, Z: np.ndarray, y: np.ndarray, Cs: np.ndarray, stop_above: int | None = None
+    ) -> tuple:
+        cw = self._class_weight_encoded()
+        lr = LogisticRegression(
+            C=float(Cs[0]), l1_ratio=float(self.l1_ratio), solver="saga", warm_start=True,
+            class_weight=cw, max_iter=self.max_iter, tol=self.tol, random_state=self.random_state,
+        )
+        coefs, intercepts, n_iters = [], [], []
+        n_unconverged = 0
+        for c in Cs:
+            lr.set_params(C=float(c))
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", ConvergenceWarning)
+                lr.fit(Z, y)
+            n_unconverged += sum(issubclass(w.category, ConvergenceWarning) for w in caught)
+            coefs.append(lr.coef_.copy())
+            intercepts.append(lr.intercept_.copy())
+            n_iters.append(int(np.max(lr.n_iter_)))
+            if stop_above is not None and (lr.coef_ != 0).sum(axis=1).max() > stop_above:
+                break
+        return np.stack(coefs), np.stack(intercepts), n_iters, n_unconverged
+
+    def _class_weight_encoded(self) -> Any:
+        if self.class_weight is None or isinstance(self.class_weight, str):
+            return self.class_weight
+        labels = [c.item() if hasattr(c, "item") else c for c in self.classes_]
+        unknown = [k for k in self.class_weight if k not in labels]
+        if unknown:
+            raise ValueError(f"class_weight names unknown classes {unknown}; classes are {labels}")
+        return {i: float(self.class_weight.get(c, 1.0)) for i, c in enumerate(labels)}
+
+    def _score(self, coef: np.ndarray, intercept: np.ndarray, Z: np.ndarray, y: np.ndarray) -> float:
+        d = Z @ coef.T + intercept[None, :]
+        if self.scoring == "accuracy":
+            pred = (d[:, 0] > 0).astype(int) if d.shape[1] == 1 else np.argmax(d, axis=1)
+            return float(np.mean(pred == y))
+        if d.shape[1] == 1:
+            p1 = np.clip(expit(d[:, 0]), 1e-15, 1 - 1e-15)
+            return -float(np.mean(np.where(y == 1, np.log(p1), np.log1p(-p1))))
+        p = np.clip(softmax(d, axis=1)[np.arange(len(y)), y], 1e-15, None)
+        return -float(np.mean(np.log(p)))
+
+    def _cv_scores(self, X: np.ndarray, y: np.ndarray, Cs: np.ndarray) -> tuple[np.ndarray, int]:
+        counts = np.bincount(y)
+        n_splits = min(int(self.cv or 1), int(counts.min()))
+        if n_splits < 2:
+            if self.cv is not None and self.cv > 1:
+                warnings.warn(
+                    f"cv={self.cv} impossible: the smallest class has {counts.min()} sample(s); "
+                    "selecting the least regularised admissible model instead",
+                    UserWarning, stacklevel=3,
+                )
+            return np.empty((len(Cs), 0)), 0
+        folds = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=self.random_state)
+        scores = np.empty((len(Cs), n_splits))
+        n_unconverged = 0
+        for f, (tr, va) in enumerate(folds.split(X, y)):
+            if len(np.unique(y[tr])) < len(self.classes_):
+                scores[:, f] = np.nan
+                continue
+            mean, scale = self._stats(X[tr])
+            coefs, ints, _, bad = self._fit_path((X[tr] - mean) / scale, y[tr], Cs)
+            n_unconverged += bad
+            Zva = (X[va] - mean) / scale
+            scores[:, f] = [self._score(coefs[i], ints[i], Zva, y[va]) for i in range(len(Cs))]
+        return scores, n_unconverged
+
+    def _stats(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if not self.standardize:
+            return np.zeros(X.shape[1]), np.ones(X.shape[1])
+        mean, scale = X.mean(axis=0), X.std(axis=0)
+        scale[scale < 1e-12 * np.maximum(1.0, np.abs(mean))] = 1.0
+        return mean, scale
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, X: Any, y: Any) -> SparseLinearBottleneck:
+        """Fit the regularisation path and select a model.
+
+        Args:
+            X: ``(n_samples, n_concepts)`` concept scores (``ConceptScores``, DataFrame, array).
+            y: ``(n_samples,)`` class labels (at least two classes).
+
+        Returns:
+            self
+        """
+        self._check_params()
+        X_arr, y_enc = self._validate_fit_data(X, y)
+        self._set_standardisation(X_arr)
+        if not self.standardize:
+            self.mean_, self.scale_ = self._stats(X_arr)
+        Z = (X_arr - self.mean_) / self.scale_
+        cw = self._class_weight_encoded()
+        weights = compute_sample_weight(cw, y_enc) if cw is not None else np.ones(len(y_enc))
+        Cs = self._grid(Z, y_enc, weights)
+        coefs, ints, n_iters, n_bad = self._fit_path(Z, y_enc, Cs, stop_above=self.max_concepts)
+        Cs = Cs[: len(coefs)]  # the path stops once a model exceeds max_concepts
+        cv_scores, n_bad_cv = (np.empty((len(Cs), 0)), 0)
+        if self.cv is not None and self.cv > 1:
+            cv_scores, n_bad_cv = self._cv_scores(X_arr, y_enc, Cs)
+        if n_bad + n_bad_cv:
+            warnings.warn(
+                f"{n_bad + n_bad_cv} of the path's SAGA fits did not converge in max_iter="
+                f"{self.max_iter} epochs; raise max_iter or tol", ConvergenceWarning, stacklevel=2,
+            )
+        n_concepts = (np.abs(coefs) > 0).sum(axis=2).max(axis=1)
+        best = self._select(n_concepts, cv_scores)
+
+        self.Cs_ = Cs
+        self.coef_path_ = coefs
+        self.intercept_path_ = ints
+        self.cv_scores_ = cv_scores
+        self.n_concepts_path_ = n_concepts
+        self.best_index_ = int(best)
+        self.C_ = float(Cs[best])
+        self.n_iter_ = int(n_iters[best])
+        self._restore_after_load()
+        return self
+
+    def _select(self, n_concepts: np.ndarray, cv_scores: np.ndarray) -> int:
+        admissible = np.ones(len(n_concepts), dtype=bool)
+        if self.max_concepts is not None:
+            admissible = n_concepts <= self.max_concepts
+        if not admissible.any():
+            raise ValueError(
+                f"no model on the path has at most {self.max_concepts} concepts per class "
+                f"(sparsest has {int(n_concepts.min())}); pass smaller Cs"
+            )
+        candidates = np.flatnonzero(admissible)
+        if cv_scores.shape[1] == 0 or np.all(np.isnan(cv_scores)):
+            return int(candidates[-1])
+        mean = np.nanmean(cv_scores, axis=1)
+        sign = 1.0 if self.scoring == "log_loss" else -1.0  # minimise sign * score
+        key = sign * mean[candidates]
+        best = np.flatnonzero(key <= np.nanmin(key) + 1e-12)
+        return int(candidates[best[0]])  # smallest C among ties = sparsest
+
+    def _restore_after_load(self) -> None:
+        beta = self.coef_path_[self.best_index_]
+        b0 = self.intercept_path_[self.best_index_]
+        self.coef_ = beta / self.scale_[None, :]
+        self.intercept_ = b0 - self.coef_ @ self.mean_
+
+    # ------------------------------------------------------------------ reporting
+    @property
+    def path_(self) -> pd.DataFrame:
+        """One row per ``C`` on the path: ``C``, ``max_concepts_per_class``, ``n_concepts``
+        (union over classes), ``cv_score`` / ``cv_score_std`` and ``selected``."""
+        from sklearn.utils.validation import check_is_fitted
+
+        check_is_fitted(self)
+        union = (np.abs(self.coef_path_) > 0).any(axis=1).sum(axis=1)
+        has_cv = self.cv_scores_.shape[1] > 0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nanmean(self.cv_scores_, axis=1) if has_cv else np.full(len(self.Cs_), np.nan)
+            std = np.nanstd(self.cv_scores_, axis=1) if has_cv else np.full(len(self.Cs_), np.nan)
+        return pd.DataFrame(
+            {
+                "C": self.Cs_,
+                "max_concepts_per_class": self.n_concepts_path_,
+                "n_concepts": union,
+                "cv_score": mean,
+                "cv_score_std": std,
+                "selected": np.arange(len(self.Cs_)) == self.best_index_,
+            }
+        )

@@ -1,0 +1,38 @@
+"""Faithfulness and sanity metrics for explanation maps.
+
+* perturbation: :func:`deletion_curve`, :func:`insertion_curve` (AUC over the unit interval)
+* localisation against a mask: :func:`pointing_game`, :func:`energy_pointing_game`, :func:`map_auroc`
+* sanity: :func:`completeness_gap` (integrated gradients), :func:`randomisation_check`
+* similarity of two maps: :func:`spearman_correlation`, :func:`ssim`
+"""
+
+from conceptlens.explain.metrics.localisation import energy_pointing_game, map_auroc, pointing_game
+from conceptlens.explain.metrics.perturbation import (
+    PerturbationCurve,
+    deletion_curve,
+    insertion_curve,
+    make_baseline,
+)
+from conceptlens.explain.metrics.sanity import (
+    RandomisationResult,
+    completeness_gap,
+    randomisation_check,
+    randomise_layers,
+)
+from conceptlens.explain.metrics.similarity import spearman_correlation, ssim
+
+__all__ = [
+    "PerturbationCurve",
+    "RandomisationResult",
+    "completeness_gap",
+    "deletion_curve",
+    "energy_pointing_game",
+    "insertion_curve",
+    "make_baseline",
+    "map_auroc",
+    "pointing_game",
+    "randomisation_check",
+    "randomise_layers",
+    "spearman_correlation",
+    "ssim",
+]

@@ -1,0 +1,138 @@
+"""From images to an explanation report: score, predict, map, attribute, render."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from conceptlens.explain.report.builders import ImageExplanation, explanation_report
+from conceptlens.explain.report.document import Report
+
+__all__ = ["explain_images", "model_notice"]
+
+CLINICAL_NOTICE = ("Not for clinical use. This model was trained on synthetic images; its concept scores, "
+                   "predictions and explanations are for research and demonstration only.")
+
+
+def model_notice(backbone: Any) -> str | None:
+    """The not-for-clinical-use notice a backbone's model card asks for, if any.
+
+    Reads ``README.md`` / ``MODEL_CARD.md`` beside a local model's weights; a card that says
+    "not for clinical use" yields the notice.
+    """
+    model_id = getattr(getattr(backbone, "identity", None), "model_id", "") or ""
+    folder = Path(model_id)
+    if not folder.is_dir():
+        return None
+    for card in ("README.md", "MODEL_CARD.md"):
+        path = folder / card
+        if path.is_file() and "not for clinical use" in path.read_text(encoding="utf-8", errors="ignore").lower():
+            return CLINICAL_NOTICE
+    return None
+
+
+def explain_images(
+    scorer: Any,
+    images: Any,
+    *,
+    bottleneck: Any = None,
+    method: str = "integrated_gradients",
+    top_k: int = 4,
+    n_steps: int = 16,
+    internal_batch_size: int | None = 8,
+    max_images: int | None = 20,
+    notice: str | None = None,
+    title: str = "Concept explanation report",
+) -> tuple[Report, pd.DataFrame]:
+    """Explain images end to end and return the report plus the images that failed.
+
+    For each image: concept scores; with a ``bottleneck``, the predicted class, its
+    probabilities and each concept's signed contribution; the concept maps of the ``top_k``
+    concepts (one forward pass); and a gradient attribution of the predicted class (or,
+    without a bottleneck, of the top concept) with ``method``.
+
+    Args:
+        scorer: A :class:`~conceptlens.vocab.ConceptScorer`.
+        images: Anything :meth:`ConceptScorer.score` accepts.
+        bottleneck: A fitted concept bottleneck (optional).
+        method: Attribution method for :func:`conceptlens.explain.attribute`; ``None`` skips it.
+        top_k: Concepts shown per image.
+        n_steps: Integration steps of path methods.
+        internal_batch_size: Bound on inputs per forward/backward pass during attribution.
+        max_images: At most this many images are explained (the first ones scored).
+        notice: Warning shown on top of the report.
+        title: Page title.
+
+    Returns:
+        ``(report, errors)``: the :class:`Report` and a DataFrame of skipped images with reasons.
+    """
+    from conceptlens.explain import attribute
+    from conceptlens.vocab.sources import iter_image_sources
+
+    scores = scorer.score(images)
+    if len(scores) == 0:
+        reasons = "; ".join(f"{r.image}: {r.reason}" for r in scores.errors.itertuples(index=False))
+        raise ValueError(f"no image could be scored ({reasons})")
+    loaders = {src.image_id: src.load for src in iter_image_sources(images)}
+    names = dict(scores.concept_names)
+    ids = scores.image_ids[: max_images or None]
+
+    contributions = predictions = probabilities = None
+    if bottleneck is not None:
+        subset = scores.table.loc[ids]
+        predictions = bottleneck.predict(subset)
+        probabilities = pd.DataFrame(bottleneck.predict_proba(subset), index=ids,
+                                     columns=[str(c) for c in bottleneck.classes_])
+        contributions = bottleneck.contributions(subset)
+
+    explanations: list[ImageExplanation] = []
+    for i, image_id in enumerate(ids):
+        loaded = loaders[image_id]()
+        row = scores.table.loc[image_id]
+        item = ImageExplanation(image_id=str(image_id), image=loaded.image, scores=row, concept_names=names)
+        if bottleneck is not None:
+            pred = predictions[i]
+            item.prediction = str(pred)
+            item.probabilities = probabilities.loc[image_id].to_dict()
+            per_class = contributions.for_class(pred.item() if hasattr(pred, "item") else pred)
+            item.contributions = per_class.loc[image_id] if image_id in per_class.index else per_class.iloc[i]
+            # binary models have one output (the positive class); the other class's decision is its negation
+            if pred in contributions.outputs:
+                item.intercept = float(contributions.intercept[contributions.outputs.index(pred)])
+            else:
+                item.intercept = -float(contributions.intercept[0])
+            top = list(item.contributions.abs().sort_values(ascending=False).index[:top_k])
+        else:
+            top = list(row.sort_values(ascending=False).index[:top_k])
+        maps = scorer.concept_maps(loaded, concepts=top)
+        item.maps = {c: np.asarray(maps.upsampled(c)) for c in top}
+        if method:
+            if bottleneck is not None:
+                from conceptlens.explain import ClassTarget
+
+                target = ClassTarget(predictions[i].item() if hasattr(predictions[i], "item") else predictions[i])
+            else:
+                from conceptlens.explain import ConceptTarget
+
+                target = ConceptTarget(top[0])
+            attribution = attribute(scorer.backbone, loaded, target=target, method=method, scorer=scorer,
+                                    bottleneck=bottleneck, n_steps=n_steps,
+                                    internal_batch_size=internal_batch_size)
+            item.attribution = np.asarray(attribution.map)
+            item.attribution_label = f"{attribution.method} of {attribution.target}"
+        explanations.append(item)
+
+    backbone = scorer.backbone.identity.to_dict()
+    vocabulary = {"name": getattr(scorer.vocabulary, "name", ""), "hash": scorer.vocabulary.hash,
+                  "concepts": len(scorer.vocabulary)}
+    extra = {}
+    if bottleneck is not None:
+        extra = {"bottleneck": type(bottleneck).__name__,
+                 "classes": [str(c) for c in bottleneck.classes_]}
+    report = explanation_report(explanations, title=title, backbone=backbone, vocabulary=vocabulary,
+                                scoring=dict(scores.config), extra_facts=extra, notice=notice,
+                                top_k=max(top_k, 8))
+    return report, scores.errors

@@ -1,0 +1,273 @@
+"""What an attribution explains: a concept's score, a bottleneck class, or a free-text prompt.
+
+Each target turns into a differentiable function ``pixels (B, 3, H, W) -> (B,)`` through
+:meth:`Target.build`, which is what captum attributes.
+
+String shorthand accepted by :func:`resolve_target` (and ``attribute(target=...)``):
+
+* ``"concept:<id or name>"``, ``"class:<label>"``, ``"prompt:<text>"`` say what they are;
+* any other string is a class of ``bottleneck`` when it is one, else a concept of the
+  scorer's vocabulary (id or preferred name) when a scorer is given; otherwise, with neither
+  a scorer nor a bottleneck, it is a prompt. A string that matches nothing while a scorer or
+  bottleneck is given raises ``KeyError`` (a mistyped concept id never silently turns into
+  a prompt);
+* a non-string (e.g. an integer class label) is a class of ``bottleneck``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "ClassTarget",
+    "ConceptTarget",
+    "PromptTarget",
+    "Target",
+    "TargetError",
+    "UnknownClassError",
+    "UnknownConceptError",
+    "resolve_target",
+]
+
+TargetFunction = Callable[[torch.Tensor], torch.Tensor]
+
+
+class TargetError(ValueError):
+    """A target cannot be built with the given scorer / bottleneck."""
+
+
+class UnknownConceptError(KeyError):
+    """The concept is not in the scorer's vocabulary."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class UnknownClassError(KeyError):
+    """The class is not one the bottleneck was fitted on."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+def _vocabulary_ids(scorer: Any) -> list[str]:
+    vocabulary = getattr(scorer, "vocabulary", None)
+    ids = getattr(vocabulary, "ids", None)
+    if ids is None:
+        raise TypeError(f"scorer {type(scorer).__name__} has no vocabulary with .ids")
+    return [str(i) for i in ids]
+
+
+def _concept_names(scorer: Any) -> dict[str, str]:
+    names = getattr(scorer.vocabulary, "names", None)
+    if isinstance(names, dict):
+        return {str(k): str(v) for k, v in names.items()}
+    return {}
+
+
+def find_concept(scorer: Any, concept: str) -> tuple[int, str]:
+    """Index and id of a concept (id or preferred name) in the scorer's vocabulary.
+
+    Raises:
+        UnknownConceptError: The concept is not there (the message names it).
+    """
+    ids = _vocabulary_ids(scorer)
+    if concept in ids:
+        return ids.index(concept), concept
+    lowered = concept.casefold()
+    for cid, name in _concept_names(scorer).items():
+        if name.casefold() == lowered:
+            return ids.index(cid), cid
+    shown = ", ".join(ids[:10]) + (", ..." if len(ids) > 10 else "")
+    raise UnknownConceptError(f"concept {concept!r} is not in the scorer's vocabulary ({shown})")
+
+
+def _plain(label: Any) -> Any:
+    return label.item() if hasattr(label, "item") else label
+
+
+class Target(ABC):
+    """Something scalar per image to attribute to the pixels."""
+
+    needs_scorer: bool = False
+    needs_bottleneck: bool = False
+
+    @abstractmethod
+    def build(self, backbone: Any, scorer: Any = None, bottleneck: Any = None) -> TargetFunction:
+        """The differentiable ``(B, 3, H, W) -> (B,)`` function this target stands for."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """A short human-readable label, e.g. ``"concept C0000000 (pigment network)"``."""
+
+    def _require(self, scorer: Any, bottleneck: Any) -> None:
+        what = type(self).__name__
+        if self.needs_scorer and scorer is None:
+            raise TargetError(f"{what} needs a ConceptScorer: pass scorer=...")
+        if self.needs_bottleneck and bottleneck is None:
+            raise TargetError(f"{what} needs a fitted bottleneck: pass bottleneck=...")
+
+
+@dataclass(frozen=True)
+class ConceptTarget(Target):
+    """One concept's score, exactly as the scorer defines it (mode, alpha, calibration).
+
+    Args:
+        concept: Concept id (or preferred name) in the scorer's vocabulary.
+    """
+
+    concept: str
+    needs_scorer = True
+
+    def build(self, backbone: Any, scorer: Any = None, bottleneck: Any = None) -> TargetFunction:
+        self._require(scorer, bottleneck)
+        index, _ = find_concept(scorer, self.concept)
+
+        def concept_score(pixel_values: torch.Tensor) -> torch.Tensor:
+            return scorer.score_tensor(pixel_values)[:, index]
+
+        return concept_score
+
+    def describe(self) -> str:
+        return f"concept {self.concept}"
+
+
+@dataclass(frozen=True)
+class ClassTarget(Target):
+    """The decision value (logit) of one class of a fitted linear concept bottleneck.
+
+    The chain is pixels -> the scorer's concept scores -> ``scores @ coef_[c] + intercept_[c]``,
+    differentiable end to end. The bottleneck's ``coef_`` / ``intercept_`` are in original
+    score units (any standardisation is already folded in). For a binary bottleneck, the
+    positive class ``classes_[1]`` gets the decision value ``d`` and ``classes_[0]`` gets ``-d``.
+
+    Args:
+        label: A class label from ``bottleneck.classes_``.
+    """
+
+    label: Any
+    needs_scorer = True
+    needs_bottleneck = True
+
+    def linear_map(self, scorer: Any, bottleneck: Any) -> tuple[np.ndarray, np.ndarray, float]:
+        """``(indices, weights, intercept)``: the class logit is
+        ``scores[:, indices] @ weights + intercept`` over the scorer's concept columns.
+
+        Raises:
+            UnknownClassError: The class is not among ``bottleneck.classes_``.
+            TargetError: The bottleneck is not fitted, or uses a concept the scorer lacks.
+        """
+        self._require(scorer, bottleneck)
+        for attribute in ("coef_", "intercept_", "classes_"):
+            if not hasattr(bottleneck, attribute):
+                raise TargetError(f"bottleneck {type(bottleneck).__name__} is not fitted (no {attribute})")
+        classes = [_plain(c) for c in bottleneck.classes_]
+        label = _plain(self.label)
+        if label not in classes:
+            raise UnknownClassError(f"class {self.label!r} is not known to the bottleneck; classes are {classes}")
+        coef = np.atleast_2d(np.asarray(bottleneck.coef_, dtype=np.float64))
+        intercept = np.atleast_1d(np.asarray(bottleneck.intercept_, dtype=np.float64))
+        if coef.shape[0] == 1 and len(classes) == 2:
+            sign = 1.0 if label == classes[1] else -1.0
+            weights, bias = sign * coef[0], sign * float(intercept[0])
+        else:
+            row = classes.index(label)
+            weights, bias = coef[row], float(intercept[row])
+        ids = _vocabulary_ids(scorer)
+        features = getattr(bottleneck, "feature_names_in_", None)
+        if features is None:
+            if coef.shape[1] != len(ids):
+                raise TargetError(
+                    f"bottleneck has {coef.shape[1]} concept inputs but the scorer's vocabulary has "
+                    f"{len(ids)}; fit the bottleneck on a labelled score table (feature_names_in_)"
+                )
+            return np.arange(len(ids)), weights, bias
+        features = [str(f) for f in features]
+        missing = [f for f in features if f not in ids]
+        if missing:
+            raise TargetError(f"bottleneck uses concepts the scorer's vocabulary lacks: {missing[:10]}")
+        return np.array([ids.index(f) for f in features]), weights, bias
+
+    def build(self, backbone: Any, scorer: Any = None, bottleneck: Any = None) -> TargetFunction:
+        indices, weights, bias = self.linear_map(scorer, bottleneck)
+        index_t = torch.as_tensor(indices, dtype=torch.long)
+        weight_t = torch.as_tensor(weights)
+
+        def class_logit(pixel_values: torch.Tensor) -> torch.Tensor:
+            scores = scorer.score_tensor(pixel_values)
+            chosen = scores[:, index_t.to(scores.device)]
+            return chosen @ weight_t.to(device=scores.device, dtype=scores.dtype) + bias
+
+        return class_logit
+
+    def describe(self) -> str:
+        return f"class {self.label!r}"
+
+
+@dataclass(frozen=True)
+class PromptTarget(Target):
+    """Cosine similarity between the global image embedding and a free-text prompt's.
+
+    Args:
+        text: The prompt, e.g. ``"a dermoscopy image of melanoma"``.
+    """
+
+    text: str
+
+    def build(self, backbone: Any, scorer: Any = None, bottleneck: Any = None) -> TargetFunction:
+        if not self.text.strip():
+            raise TargetError("the prompt is empty")
+        text_embed = backbone.encode_texts([self.text]).global_embeds[0].detach()
+
+        def prompt_similarity(pixel_values: torch.Tensor) -> torch.Tensor:
+            image_embeds = backbone.forward_images(pixel_values).global_embeds
+            return image_embeds @ text_embed.to(device=image_embeds.device, dtype=image_embeds.dtype)
+
+        return prompt_similarity
+
+    def describe(self) -> str:
+        return f"prompt {self.text!r}"
+
+
+def _bottleneck_classes(bottleneck: Any) -> Sequence[Any]:
+    return [_plain(c) for c in getattr(bottleneck, "classes_", [])]
+
+
+def resolve_target(target: Any, *, scorer: Any = None, bottleneck: Any = None) -> Target:
+    """Turn a target or its shorthand into a :class:`Target` (rules in the module docstring).
+
+    Raises:
+        UnknownConceptError / UnknownClassError: A string or label that matches nothing.
+        TypeError: An unsupported target type.
+    """
+    if isinstance(target, Target):
+        return target
+    if isinstance(target, str):
+        kind, sep, rest = target.partition(":")
+        if sep and kind in {"concept", "class", "prompt"}:
+            return {"concept": ConceptTarget, "class": ClassTarget, "prompt": PromptTarget}[kind](rest)
+        if bottleneck is not None and target in _bottleneck_classes(bottleneck):
+            return ClassTarget(target)
+        if scorer is not None:
+            find_concept(scorer, target)  # raises UnknownConceptError naming the string
+            return ConceptTarget(target)
+        if bottleneck is not None:
+            raise UnknownClassError(
+                f"{target!r} is not a class of the bottleneck ({list(_bottleneck_classes(bottleneck))}); "
+                "pass scorer=... for concepts, or 'prompt:...' for free text"
+            )
+        return PromptTarget(target)
+    if target is None:
+        raise TypeError("target is required: a concept id, a class label, a prompt or a Target")
+    if bottleneck is not None:
+        return ClassTarget(target)
+    raise TypeError(
+        f"cannot interpret target {target!r} ({type(target).__name__}) without a bottleneck; "
+        "use ConceptTarget, ClassTarget or PromptTarget"
+    )

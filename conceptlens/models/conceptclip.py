@@ -1,0 +1,442 @@
+"""Adapter for ConceptCLIP loaded through ``AutoModel`` / ``AutoProcessor`` with remote code.
+
+The adapter talks to the model only through the released calling convention
+(``model(pixel_values=...)`` / ``model(input_ids=...)`` returning a dict with
+``image_features``, ``image_token_features``, ``text_features``, ``text_token_features`` and
+the four calibration scalars, scales already exponentiated), so the real ConceptCLIP and the
+package's reference model (:func:`conceptlens.models.create_reference_model`) go through the
+same code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from conceptlens.models.base import Backbone, BackboneIdentity, ImageFeatures, TextFeatures
+from conceptlens.models.errors import (
+    BackboneLoadError,
+    RemoteCodeRequiredError,
+    UnsupportedBackboneError,
+)
+from conceptlens.models.factory import (
+    hash_state_dict,
+    hash_weight_files,
+    hub_error,
+    remote_code_message,
+    resolve_device,
+    resolve_dtype,
+)
+
+__all__ = ["ConceptCLIPBackbone"]
+
+_REMOTE_CODE_FILES = (
+    "configuration_conceptclip.py",
+    "modeling_conceptclip.py",
+    "processing_conceptclip.py",
+)
+_SCALAR_KEYS = ("logit_scale", "logit_bias", "concept_logit_scale", "concept_logit_bias")
+_RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+
+
+class ConceptCLIPBackbone(Backbone):
+    """ConceptCLIP (or its reference model) behind the :class:`Backbone` interface.
+
+    Args:
+        model: The model as returned by ``AutoModel.from_pretrained(..., trust_remote_code=True)``
+            (or :class:`~conceptlens.models.reference.ConceptCLIPModel`). Put in eval mode
+            and frozen (``requires_grad=False``) here.
+        processor: Its processor: ``processor.image_processor`` (SigLIP, squash resize) and
+            ``processor.tokenizer`` (a *fast* BERT tokenizer, for character offsets).
+        model_id: Hub id or local path, for :attr:`identity`.
+        revision: Hub revision (commit) when known.
+        weights_hash: Hash of the weight files when known; otherwise the state dict is
+            hashed the first time :attr:`identity` is read.
+        context_length: Texts are padded / truncated to this many tokens (default: the
+            processor's ``max_length``, else 77 like the authors).
+
+    Attributes:
+        image_size: ``(H, W)`` of the pixel values the model takes.
+        grid_size: Patch grid ``(rows, cols)``; the last ``H % patch`` pixels are not covered.
+        embed_dim: Joint embedding dimension ``D``.
+        logit_scale, logit_bias, concept_logit_scale, concept_logit_bias: Floats, read from
+            the model's forward output (scales already exponentiated).
+
+    Example:
+        >>> import torch
+        >>> from conceptlens.models import ConceptCLIPBackbone, create_reference_model
+        >>> backbone = ConceptCLIPBackbone(*create_reference_model("tiny"))
+        >>> feats = backbone.encode_images(torch.zeros(1, 3, 64, 64))
+        >>> tuple(feats.patch_embeds.shape), feats.grid_size
+        ((1, 64, 32), (8, 8))
+    """
+
+    num_prefix_tokens = 0
+
+    def __init__(
+        self,
+        model: nn.Module,
+        processor: Any,
+        *,
+        model_id: str = "<in-memory>",
+        revision: str | None = None,
+        weights_hash: str | None = None,
+        context_length: int | None = None,
+    ) -> None:
+        self.model = model.eval()
+        self.model.requires_grad_(False)
+        self.processor = processor
+        self.tokenizer = _require(processor, "tokenizer")
+        self.image_processor = _require(processor, "image_processor")
+        self.context_length = int(
+            context_length
+            or getattr(processor, "max_length", None)
+            or getattr(getattr(model, "config", None), "context_length", None)
+            or 77
+        )
+        self.image_size = _image_size(self.image_processor)
+        self.patch_size = _patch_size(model)
+        self.grid_size = (self.image_size[0] // self.patch_size, self.image_size[1] // self.patch_size)
+        self._model_id = model_id
+        self._revision = revision
+        self._weights_hash = weights_hash
+        self._identity: BackboneIdentity | None = None
+        self._read_calibration()
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike[str],
+        *,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        revision: str | None = None,
+        trust_remote_code: bool = False,
+        token: str | bool | None = None,
+        use_package_code: bool | None = None,
+        model_id: str | None = None,
+    ) -> ConceptCLIPBackbone:
+        """Load ConceptCLIP (or a saved reference model) from the hub or a local folder.
+
+        Args:
+            name_or_path: Hub id (``"JerrryNie/ConceptCLIP"``) or local folder.
+            device: See :func:`~conceptlens.models.factory.resolve_device`.
+            dtype: See :func:`~conceptlens.models.factory.resolve_dtype`.
+            revision: Hub branch, tag or commit.
+            trust_remote_code: Allow the folder's / repository's Python code to run.
+            token: Hugging Face token (ConceptCLIP is gated).
+            use_package_code: Load with this package's own reference classes instead of the
+                folder's code. ``None`` (default) does so only for a local folder whose three
+                code files are byte-identical to the package's (running them is then no
+                different from running the package), so no ``trust_remote_code`` is needed.
+            model_id: Overrides the id recorded in :attr:`identity`.
+
+        Raises:
+            RemoteCodeRequiredError: Remote code is needed and ``trust_remote_code`` is False.
+            BackboneLoadError: Hub unreachable, repository gated / not found, files missing.
+        """
+        torch_device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, torch_device)
+        source = os.fspath(name_or_path)
+        folder = Path(source).expanduser()
+        local = folder.is_dir()
+        if use_package_code is None:
+            use_package_code = local and _has_package_code(folder)
+        if not use_package_code and not trust_remote_code:
+            raise RemoteCodeRequiredError(remote_code_message(source))
+        try:
+            if use_package_code:
+                from conceptlens.models.reference import load_reference_folder
+
+                model, processor = load_reference_folder(folder, dtype=torch_dtype)
+            else:
+                from transformers import AutoModel, AutoProcessor
+
+                hub = dict(revision=revision, token=token, trust_remote_code=True)
+                model = AutoModel.from_pretrained(source, dtype=torch_dtype, **hub)
+                processor = AutoProcessor.from_pretrained(source, **hub)
+        except (OSError, ValueError) as exc:
+            if local:
+                raise BackboneLoadError(
+                    f"{source}: could not load the model or processor from this folder "
+                    f"({type(exc).__name__}: {exc}); it needs config.json, the weights and the "
+                    "processor files written by save_pretrained"
+                ) from exc
+            if isinstance(exc, ValueError) and not isinstance(exc, OSError):
+                raise
+            raise hub_error(source, exc, revision=revision) from exc
+        model.to(device=torch_device, dtype=torch_dtype)
+        config = getattr(model, "config", None)
+        return cls(
+            model,
+            processor,
+            model_id=model_id or (str(folder.resolve()) if local else source),
+            revision=revision or getattr(config, "_commit_hash", None),
+            weights_hash=hash_weight_files(folder) if local else None,
+        )
+
+    # ------------------------------------------------------------------ Backbone API
+
+    @property
+    def identity(self) -> BackboneIdentity:  # type: ignore[override]
+        """Model id, revision, weights hash, dtype and preprocessing; a cache key."""
+        dtype = str(self.dtype).removeprefix("torch.")
+        if self._identity is None or self._identity.dtype != dtype:
+            if self._weights_hash is None and self._revision is None:
+                self._weights_hash = hash_state_dict(self.model)
+            self._identity = BackboneIdentity(
+                model_id=self._model_id,
+                family="conceptclip",
+                revision=self._revision,
+                weights_hash=self._weights_hash,
+                dtype=dtype,
+                preprocessing=json.dumps(self.preprocessing_config(), sort_keys=True),
+            )
+        return self._identity
+
+    def preprocessing_config(self) -> dict[str, Any]:
+        """JSON-ready description of the image and text preprocessing."""
+        ip = self.image_processor
+        resample = getattr(ip, "resample", None)
+        resample = getattr(resample, "value", resample)
+        return {
+            "size": list(self.image_size),
+            "resize": "squash",
+            "resample": _RESAMPLE_NAMES.get(resample, str(resample)),
+            "rescale_factor": getattr(ip, "rescale_factor", None),
+            "mean": [float(v) for v in (getattr(ip, "image_mean", None) or [])],
+            "std": [float(v) for v in (getattr(ip, "image_std", None) or [])],
+            "text_padding": "max_length",
+            "context_length": self.context_length,
+        }
+
+    def preprocess(self, images: Sequence[Any] | Any) -> torch.Tensor:
+        """Load images (paths, PIL, arrays, tensors, :class:`LoadedImage`) and make pixels.
+
+        Each image goes through :func:`conceptlens.models.images.load_image` (RGB, EXIF,
+        DICOM ...) and then the model's image processor (squash resize to
+        :attr:`image_size`, bicubic, mean = std = 0.5).
+
+        Args:
+            images: One image or a sequence of images.
+
+        Returns:
+            ``(B, 3, H, W)`` float32 pixel values on the CPU.
+        """
+        from conceptlens.models.images import LoadedImage, load_image
+
+        if isinstance(images, (str, os.PathLike, LoadedImage)) or not isinstance(
+            images, Sequence
+        ):
+            images = [images]
+        if len(images) == 0:
+            raise ValueError("preprocess() needs at least one image")
+        pil = [im.image if isinstance(im, LoadedImage) else load_image(im).image for im in images]
+        pixels = self.image_processor(pil, return_tensors="pt")["pixel_values"]
+        return pixels.float()
+
+    def forward_images(self, pixel_values: torch.Tensor) -> ImageFeatures:
+        """Pixels -> global embedding and patch tokens, differentiably.
+
+        Args:
+            pixel_values: ``(B, 3, H, W)`` with ``(H, W) == image_size``; cast to the model's
+                device and dtype.
+
+        Returns:
+            :class:`ImageFeatures`: ``global_embeds`` ``(B, D)`` (the model's
+            ``image_features``), ``patch_embeds`` ``(B, P, D)`` (``image_token_features``),
+            ``grid_size``.
+        """
+        if not isinstance(pixel_values, torch.Tensor):
+            raise TypeError(
+                f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}; "
+                "use backbone.preprocess(images) first"
+            )
+        expected = (3, *self.image_size)
+        if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != expected:
+            raise ValueError(
+                f"pixel_values must have shape (B, {', '.join(map(str, expected))}), got "
+                f"{tuple(pixel_values.shape)}; use backbone.preprocess(images)"
+            )
+        pixel_values = pixel_values.to(device=self.device, dtype=self.dtype)
+        out = self.model(pixel_values=pixel_values)
+        image = _output(out, "image_features")
+        tokens = _output(out, "image_token_features")
+        return ImageFeatures(
+            global_embeds=F.normalize(image, dim=-1),
+            patch_embeds=tokens,
+            grid_size=self._grid_for(tokens.shape[1]),
+        )
+
+    def forward_texts(self, texts: Sequence[str] | str) -> TextFeatures:
+        """Tokenise (padding to :attr:`context_length`, like the authors) and encode texts.
+
+        Args:
+            texts: Strings (a single string is one text).
+
+        Returns:
+            :class:`TextFeatures`: ``global_embeds`` ``(N, D)``, ``token_embeds`` ``(N, T, D)``
+            (``text_token_features``, ``T = context_length``), ``attention_mask`` ``(N, T)``,
+            ``offsets`` ``(N, T, 2)`` character spans (``(0, 0)`` for special / padding).
+        """
+        texts = _check_texts(texts)
+        if not getattr(self.tokenizer, "is_fast", False):
+            raise UnsupportedBackboneError(
+                f"{type(self.tokenizer).__name__} is a slow tokenizer; token offsets need a "
+                "fast (Rust) tokenizer, e.g. BertTokenizerFast from the same vocabulary"
+            )
+        self._warn_if_truncated(texts)
+        encoded = self.tokenizer(
+            texts,
+            padding="max_length",
+            truncation=True,
+            max_length=self.context_length,
+            return_offsets_mapping=True,
+            return_tensors="pt",
+        )
+        input_ids = encoded["input_ids"].to(self.device)
+        out = self.model(input_ids=input_ids)
+        text = _output(out, "text_features")
+        tokens = _output(out, "text_token_features")
+        return TextFeatures(
+            global_embeds=F.normalize(text, dim=-1),
+            token_embeds=tokens,
+            attention_mask=encoded["attention_mask"].to(self.device),
+            offsets=encoded["offset_mapping"].to(self.device),
+            texts=texts,
+        )
+
+    def token_layers(self) -> list[nn.Module]:
+        """The vision transformer's blocks, first to last.
+
+        Supports the released model (OpenCLIP/timm trunk: ``model.visual.trunk.blocks``) and
+        the reference model (``model.vision_model.encoder.layers``); both have no prefix
+        tokens. A block's output is a ``(B, P, W)`` tensor (before the final norm).
+
+        Raises:
+            UnsupportedBackboneError: Neither layout is present.
+        """
+        trunk = getattr(getattr(self.model, "visual", None), "trunk", None)
+        if trunk is not None and hasattr(trunk, "blocks"):
+            self.num_prefix_tokens = int(getattr(trunk, "num_prefix_tokens", 0) or 0)
+            return list(trunk.blocks)
+        encoder = getattr(getattr(self.model, "vision_model", None), "encoder", None)
+        if encoder is not None and hasattr(encoder, "layers"):
+            return list(encoder.layers)
+        raise UnsupportedBackboneError(
+            f"{type(self.model).__name__}: cannot find the vision transformer blocks (looked for "
+            "model.visual.trunk.blocks and model.vision_model.encoder.layers)"
+        )
+
+    # ------------------------------------------------------------------ helpers
+
+    def _read_calibration(self) -> None:
+        probe = self.tokenizer(["a"], padding="max_length", max_length=self.context_length,
+                               truncation=True, return_tensors="pt")
+        with torch.no_grad():
+            out = self.model(input_ids=probe["input_ids"].to(self.device))
+        for key in _SCALAR_KEYS:
+            setattr(self, key, float(_output(out, key)))
+        self.embed_dim = int(_output(out, "text_features").shape[-1])
+
+    def _grid_for(self, num_tokens: int) -> tuple[int, int]:
+        rows, cols = self.grid_size
+        if num_tokens == rows * cols:
+            return self.grid_size
+        side = math.isqrt(num_tokens)
+        if side * side == num_tokens:
+            return (side, side)
+        raise UnsupportedBackboneError(
+            f"the model returned {num_tokens} image tokens, which is neither the expected "
+            f"{rows}x{cols} grid nor a square grid"
+        )
+
+    def _warn_if_truncated(self, texts: list[str]) -> None:
+        lengths = [len(ids) for ids in self.tokenizer(texts, truncation=False)["input_ids"]]
+        long = [t for t, n in zip(texts, lengths, strict=True) if n > self.context_length]
+        if long:
+            warnings.warn(
+                f"{len(long)} text(s) exceed {self.context_length} tokens and were truncated, "
+                f"e.g. {long[0][:60]!r}",
+                stacklevel=3,
+            )
+
+
+def _require(processor: Any, name: str) -> Any:
+    value = getattr(processor, name, None)
+    if value is None:
+        raise UnsupportedBackboneError(
+            f"{type(processor).__name__} has no {name}; expected a processor with an "
+            "image_processor and a tokenizer"
+        )
+    return value
+
+
+def _image_size(image_processor: Any) -> tuple[int, int]:
+    size = getattr(image_processor, "size", None)
+    if isinstance(size, Mapping) or hasattr(size, "get"):
+        height, width = size.get("height"), size.get("width")
+        if height and width:
+            return (int(height), int(width))
+        if size.get("shortest_edge"):
+            edge = int(size["shortest_edge"])
+            return (edge, edge)
+    if isinstance(size, int):
+        return (size, size)
+    raise UnsupportedBackboneError(
+        f"{type(image_processor).__name__}.size={size!r}: cannot tell the input image size"
+    )
+
+
+def _patch_size(model: nn.Module) -> int:
+    """The stride of the first patchifying convolution (kernel == stride)."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d) and module.kernel_size == module.stride:
+            return int(module.stride[0])
+    raise UnsupportedBackboneError(
+        f"{type(model).__name__}: no patch-embedding convolution found to derive the patch grid"
+    )
+
+
+def _output(out: Any, key: str) -> torch.Tensor:
+    value = out.get(key) if isinstance(out, Mapping) else getattr(out, key, None)
+    if value is None:
+        found = sorted(out) if isinstance(out, Mapping) else type(out).__name__
+        raise UnsupportedBackboneError(
+            f"the model's output has no {key!r} (found: {found}); expected ConceptCLIP's "
+            "output dict"
+        )
+    return value
+
+
+def _check_texts(texts: Sequence[str] | str) -> list[str]:
+    if isinstance(texts, str):
+        return [texts]
+    texts = list(texts)
+    if not texts:
+        raise ValueError("texts is empty; pass at least one string")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{i}] is a {type(text).__name__}, expected str")
+    return texts
+
+
+def _has_package_code(folder: Path) -> bool:
+    """Whether the folder's remote-code files are byte-identical to this package's."""
+    package = Path(__file__).parent / "reference"
+    for name in _REMOTE_CODE_FILES:
+        theirs = folder / name
+        if not theirs.is_file() or theirs.read_bytes() != (package / name).read_bytes():
+            return False
+    return True

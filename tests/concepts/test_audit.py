@@ -1,0 +1,102 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conceptlens.concepts import AuditResult, UnknownConceptError, audit
+from conceptlens.vocab.scores import ConceptScores
+
+
+@pytest.fixture
+def shortcut_model():
+    """A black box whose decisions lean on a planted spurious concept C9 (a 'ruler')."""
+    rng = np.random.default_rng(7)
+    Z = rng.normal(size=(600, 10))
+    labels = (2.0 * Z[:, 0] - 1.5 * Z[:, 3] + 0.3 * rng.normal(size=600) > 0).astype(int)
+    decisions = (2.0 * Z[:, 0] - 1.5 * Z[:, 3] + 3.0 * Z[:, 9] > 0).astype(int)
+    scores = pd.DataFrame(Z, columns=[f"C{j}" for j in range(10)])
+    return scores, decisions, labels
+
+
+def test_planted_spurious_concept_is_ranked_first(shortcut_model):
+    scores, decisions, labels = shortcut_model
+    result = audit(scores, decisions, labels, expected_concepts=["C0", "C3", "C4"],
+                   irrelevant_concepts=["C9", "C6"])
+    assert isinstance(result, AuditResult)
+    assert result.reliance["concept"].iloc[0] == "C9"
+    assert result.spurious["concept"].iloc[0] == "C9"
+    flagged = dict(zip(result.spurious["concept"], result.spurious["flagged"], strict=True))
+    assert flagged == {"C9": True, "C6": False}
+    unused = dict(zip(result.unused_expected["concept"], result.unused_expected["unused"], strict=True))
+    assert unused == {"C0": False, "C3": False, "C4": True}
+    assert result.summary["n_flagged_spurious"] == 1
+
+
+def test_surrogate_fidelity_is_reported_on_held_out_data(shortcut_model):
+    scores, decisions, labels = shortcut_model
+    result = audit(scores, decisions, labels, test_size=0.25)
+    held = result.surrogate_fidelity.set_index("split").loc["held_out"]
+    assert held["n"] == 150
+    agree = np.mean(result.surrogate.predict(scores) == decisions)
+    assert 0.85 < result.fidelity <= 1.0 and abs(result.fidelity - agree) < 0.05
+    assert held["ci_low"] <= result.fidelity <= held["ci_high"]
+    assert held["majority_baseline"] < result.fidelity
+
+
+def test_association_errors_and_slices(shortcut_model):
+    scores, decisions, labels = shortcut_model
+    result = audit(scores, decisions, labels)
+    assoc = result.association.set_index("concept")
+    assert assoc.loc["C9", "q_value"] < 1e-6 and assoc.loc["C9", "effect_size"] > 0.3
+    assert assoc.loc["C6", "q_value"] > 0.05
+    assert (assoc["q_value"] >= assoc["p_value"] - 1e-12).all()
+    # false positives are explained by a high ruler score, false negatives by a low one
+    fp = result.errors[result.errors["error_type"] == "false_positive"].iloc[0]
+    fn = result.errors[result.errors["error_type"] == "false_negative"].iloc[0]
+    assert fp["concept"] == "C9" and fp["effect_size"] > 0
+    assert fn["concept"] == "C9" and fn["effect_size"] < 0
+    worst = result.slices.iloc[0]
+    assert "C9" in worst["slice"]
+    assert worst["accuracy"] < result.summary["decision_accuracy"] - 0.1
+    assert worst["ci_low"] <= worst["accuracy"] <= worst["ci_high"]
+    assert (result.slices["size"] >= 20).all()
+
+
+def test_multiclass_decisions_without_labels():
+    rng = np.random.default_rng(2)
+    Z = rng.normal(size=(300, 6))
+    decisions = np.array(["a", "b", "c"])[np.argmax(Z[:, :3], axis=1)]
+    result = audit(Z, decisions)
+    assert set(result.association["class"]) == {"a", "b", "c"}
+    top = result.association.groupby("class")["concept"].first().to_dict()
+    assert top == {"a": "concept_0", "b": "concept_1", "c": "concept_2"}
+    assert result.errors.empty and result.slices.empty
+    assert result.summary["decision_accuracy"] is None
+
+
+def test_result_is_json_ready_and_html_escaped(shortcut_model):
+    scores, decisions, labels = shortcut_model
+    names = {c: f"<script>{c}</script>" for c in scores.columns}
+    result = audit(ConceptScores(scores, concept_names=names, vocabulary_hash="v1"), decisions, labels)
+    payload = json.loads(json.dumps(result.to_dict()))
+    assert payload["summary"]["fidelity"] == pytest.approx(result.fidelity)
+    assert payload["reliance"][0]["concept"] == "C9"
+    html_text = result._repr_html_()
+    assert "<script>" not in html_text and "&lt;script&gt;" in html_text
+
+
+def test_audit_bad_input(shortcut_model):
+    scores, decisions, labels = shortcut_model
+    with pytest.raises(ValueError, match="decisions has 599 entries but the scores have 600"):
+        audit(scores, decisions[:-1])
+    with pytest.raises(ValueError, match="only one class"):
+        audit(scores, np.zeros(600, dtype=int))
+    bad = scores.copy()
+    bad.iloc[5, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinite.*row 5, concept 'C2'"):
+        audit(bad, decisions)
+    with pytest.raises(UnknownConceptError, match="irrelevant concept 'ruler'"):
+        audit(scores, decisions, irrelevant_concepts=["ruler"])
+    with pytest.raises(ValueError, match="both expected and irrelevant"):
+        audit(scores, decisions, expected_concepts=["C0"], irrelevant_concepts=["C0"])

@@ -1,0 +1,17 @@
+"""Both bottlenecks pass scikit-learn's estimator checks (with small, fast settings)."""
+
+import pytest
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from conceptlens.concepts import AssociationBottleneck, SparseLinearBottleneck
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@parametrize_with_checks(
+    [
+        SparseLinearBottleneck(Cs=5, cv=2, max_iter=200),
+        AssociationBottleneck(n_epochs=100),
+    ]
+)
+def test_sklearn_compatible(estimator, check):
+    check(estimator)

@@ -1,0 +1,127 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from conceptlens.concepts import SparseLinearBottleneck
+from tests.concepts.conftest import TRUE_WEIGHTS
+
+
+def test_recovers_support_and_signs(binary_rule):
+    X, y = binary_rule
+    model = SparseLinearBottleneck(Cs=10, max_concepts=3, cv=3).fit(X, y)
+    coef = model.coef_frame().iloc[0]
+    support = set(coef.index[coef != 0])
+    assert support == set(TRUE_WEIGHTS)
+    for concept, weight in TRUE_WEIGHTS.items():
+        assert np.sign(coef[concept]) == np.sign(weight)
+
+
+def test_at_most_k_concepts_per_class(multiclass_rule):
+    X, y = multiclass_rule
+    model = SparseLinearBottleneck(Cs=10, max_concepts=1, cv=3).fit(X, y)
+    nonzero = (model.coef_frame() != 0).sum(axis=1)
+    assert (nonzero <= 1).all()
+    assert model.path_.loc[model.best_index_, "max_concepts_per_class"] <= 1
+    # the selected model is the best cross-validated one among the admissible ones
+    admissible = model.path_[model.path_["max_concepts_per_class"] <= 1]
+    assert model.path_.loc[model.best_index_, "cv_score"] == admissible["cv_score"].min()
+    assert model.score(X, y) > 0.6
+
+
+def test_path_runs_from_empty_to_dense(binary_rule):
+    X, y = binary_rule
+    model = SparseLinearBottleneck(Cs=8, cv=None).fit(X, y)
+    path = model.path_
+    assert len(path) == 8 and np.all(np.diff(path["C"]) > 0)
+    assert path["n_concepts"].iloc[0] == 0
+    assert path["n_concepts"].iloc[-1] > 3
+    assert model.coef_path_.shape == (8, 1, X.shape[1])
+    assert model.best_index_ == 7  # without cv: least regularised admissible model
+
+
+def test_contributions_sum_exactly_to_decision(binary_rule, multiclass_rule):
+    for X, y in (binary_rule, multiclass_rule):
+        model = SparseLinearBottleneck(Cs=6, cv=None).fit(X, y)
+        decision = model.decision_function(X)
+        for reference in ("mean", "zero"):
+            contrib = model.contributions(X, reference=reference)
+            rebuilt = contrib.values.sum(axis=-1) + contrib.intercept
+            expected = decision[:, None] if decision.ndim == 1 else decision
+            np.testing.assert_allclose(rebuilt, expected, rtol=1e-10, atol=1e-10)
+        np.testing.assert_array_equal(model.contributions(X, reference="zero").intercept,
+                                      model.intercept_)
+
+
+def test_coef_units_and_frame(binary_rule):
+    X, y = binary_rule
+    model = SparseLinearBottleneck(Cs=6, cv=None).fit(X, y)
+    np.testing.assert_allclose(model.decision_function(X), X.to_numpy() @ model.coef_[0] + model.intercept_[0])
+    frame = model.coef_frame(standardized=True)
+    assert list(frame.columns) == list(X.columns) and list(frame.index) == [1]
+    np.testing.assert_allclose(frame.to_numpy(), model.coef_path_[model.best_index_])
+
+
+def test_top_concepts_and_importance(binary_rule):
+    X, y = binary_rule
+    model = SparseLinearBottleneck(Cs=10, max_concepts=3, cv=3).fit(X, y)
+    top = model.top_concepts(1, k=3)
+    assert list(top["concept"]) == ["C0", "C3", "C7"]  # ordered by |standardised weight|
+    neg = model.top_concepts(0, k=3)
+    np.testing.assert_allclose(neg["weight"], -top["weight"])
+    imp = model.global_importance(X)
+    assert list(imp.index[:3]) == ["C0", "C3", "C7"]
+    assert imp["share"].sum() == pytest.approx(1.0)
+
+
+def test_class_weight_balanced_raises_minority_recall():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(600, 5))
+    y = (X[:, 0] + 1.0 * rng.normal(size=600) > 1.6).astype(int)  # about 10 % positives
+    plain = SparseLinearBottleneck(Cs=5, cv=None).fit(X, y)
+    balanced = SparseLinearBottleneck(Cs=5, cv=None, class_weight="balanced").fit(X, y)
+    recall = [np.mean(m.predict(X)[y == 1] == 1) for m in (plain, balanced)]
+    assert recall[1] > recall[0] + 0.2
+
+
+def test_concept_scores_input_keeps_provenance(binary_rule, scores_factory):
+    X, y = binary_rule
+    scores = scores_factory(X)
+    model = SparseLinearBottleneck(Cs=4, cv=None).fit(scores, y)
+    assert model.vocabulary_hash_ == "vocab-A"
+    assert model.backbone_["key"] == "abc123"
+    assert model.concept_ids_ == list(X.columns)
+    assert model.concept_names_["C0"] == "finding C0"
+    assert list(model.feature_names_in_) == list(X.columns)
+    np.testing.assert_array_equal(model.predict(scores), model.predict(X))
+    assert model.contributions(scores).sample_ids[0] == "img0.png"
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [({"l1_ratio": 0.0}, "l1_ratio"), ({"scoring": "auc"}, "scoring"), ({"Cs": [1.0, -1.0]}, "Cs"),
+     ({"max_concepts": -1}, "max_concepts")],
+)
+def test_bad_parameters(binary_rule, params, message):
+    X, y = binary_rule
+    with pytest.raises(ValueError, match=message):
+        SparseLinearBottleneck(**params).fit(X, y)
+
+
+def test_elastic_net_path(binary_rule):
+    X, y = binary_rule
+    model = SparseLinearBottleneck(Cs=6, cv=None, l1_ratio=0.5).fit(X, y)
+    assert model.path_["n_concepts"].iloc[0] == 0
+    assert isinstance(model.coef_frame(), pd.DataFrame)
+
+
+def test_contribution_tables(binary_rule):
+    X, y = binary_rule
+    model = SparseLinearBottleneck(Cs=6, cv=None).fit(X, y)
+    contrib = model.contributions(X.iloc[:5])
+    pos, neg = contrib.for_class(1), contrib.for_class(0)
+    np.testing.assert_allclose(neg.to_numpy(), -pos.to_numpy())
+    assert list(pos.index) == list(X.index[:5]) and list(pos.columns) == list(X.columns)
+    long = contrib.to_frame()
+    assert len(long) == 5 * X.shape[1]
+    np.testing.assert_allclose(long.groupby("sample", sort=False)["contribution"].sum().to_numpy()
+                               + contrib.intercept[0], model.decision_function(X.iloc[:5]))

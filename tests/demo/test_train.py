@@ -1,0 +1,130 @@
+"""Tests of the demo-model training code (a few steps on a handful of images)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conceptlens.demo import CONCEPT_IDS, generate, load_demo_model
+from conceptlens.demo.train import (
+    TrainingConfig,
+    batch_losses,
+    encode_captions,
+    main,
+    pixels_from_uint8,
+    train_demo_model,
+)
+
+SMALL = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}
+
+
+def _config(seed: int = 0, steps: int = 3) -> TrainingConfig:
+    return TrainingConfig(
+        seed=seed,
+        n_train=32,
+        steps=steps,
+        batch_size=16,
+        warmup_steps=1,
+        vision_config=dict(SMALL),
+        text_config=dict(SMALL),
+    )
+
+
+@pytest.fixture(scope="module")
+def data():
+    return generate(32, seed=0, masks=False)
+
+
+def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_a_few_steps_train_and_lower_the_loss(data):
+    model, processor, history = train_demo_model(_config(steps=8), data=data, progress=False)
+    assert len(history["loss"]) == 8
+    assert all(np.isfinite(history["loss"]))
+    assert np.mean(history["loss"][-3:]) < np.mean(history["loss"][:3])
+    assert history["config"]["steps"] == 8
+    out = model(pixel_values=pixels_from_uint8(data.images[:2]))
+    assert out["image_token_features"].shape == (2, 64, 16)
+
+
+def test_same_seed_same_weights_other_seed_other_weights(data):
+    first, _, _ = train_demo_model(_config(seed=0), data=data, progress=False)
+    second, _, _ = train_demo_model(_config(seed=0), data=data, progress=False)
+    third, _, _ = train_demo_model(_config(seed=1), data=data, progress=False)
+    a, b, c = _state(first), _state(second), _state(third)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+def test_training_restores_the_thread_count(data):
+    before = torch.get_num_threads()
+    train_demo_model(_config(steps=1), data=data, progress=False)
+    assert torch.get_num_threads() == before
+
+
+def test_mention_spans_cover_the_mentioned_words(data):
+    from conceptlens.demo.train import _tokenizer_words
+    from conceptlens.models.reference.factory import build_tokenizer
+
+    tokenizer = build_tokenizer(_tokenizer_words())
+    ids, spans = encode_captions(tokenizer, data.captions, data.mentions)
+    assert spans.shape == (32, len(CONCEPT_IDS), ids.shape[1])
+    for i, mentions in enumerate(data.mentions):
+        assert sorted(spans[i].any(-1).nonzero().flatten().tolist()) == sorted(k for k, _, _ in mentions)
+        for k, start, end in mentions:
+            words = tokenizer.decode(ids[i][spans[i, k]])
+            assert words.replace(" ", "") == data.captions[i][start:end].lower().replace(" ", "")
+    # caption words are whole tokens: no word pieces
+    tokens = tokenizer.convert_ids_to_tokens(ids[ids != 0].tolist())
+    assert not any(t.startswith("##") for t in tokens)
+
+
+def test_local_loss_prefers_true_concept_labels(data):
+    model, processor, _ = train_demo_model(_config(steps=8), data=data, progress=False)
+    ids, spans = encode_captions(processor.tokenizer, data.captions, data.mentions)
+    pixels = pixels_from_uint8(data.images)
+    concepts = torch.from_numpy(data.concepts)
+    with torch.no_grad():
+        _, true_local = batch_losses(model, pixels, ids, spans, concepts)
+        _, wrong_local = batch_losses(model, pixels, ids, spans, 1 - concepts)
+    assert true_local < wrong_local
+
+
+def test_bad_settings_and_data_raise(data):
+    with pytest.raises(ValueError, match="steps >= 1"):
+        train_demo_model(TrainingConfig(steps=0), data=data, progress=False)
+    with pytest.raises(ValueError, match="image_size"):
+        train_demo_model(_config(), data=generate(4, seed=0, size=32, masks=False), progress=False)
+    with pytest.raises(ValueError, match="uint8"):
+        pixels_from_uint8(np.zeros((2, 8, 8, 3), dtype=np.float32))
+
+
+def test_command_line_writes_a_loadable_folder(tmp_path):
+    from dataclasses import asdict
+
+    settings = asdict(_config(steps=5))
+    (tmp_path / "config.json").write_text(json.dumps(settings))
+    out = tmp_path / "model"
+    args = ["--out", str(out), "--config", str(tmp_path / "config.json"), "--seed", "3", "--steps", "2"]
+    assert main([*args, "--no-progress"]) == 0
+    summary = json.loads((out / "training.json").read_text())
+    assert summary["config"]["seed"] == 3 and summary["config"]["steps"] == 2
+    model, processor = load_demo_model(out)
+    assert model.config.vision_config.hidden_size == 16
+    assert processor(text=["irregular streaks"])["input_ids"].shape[1] == 77
+
+
+def test_load_demo_model_missing_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_demo_model(tmp_path)
+
+
+def test_command_line_rejects_unknown_config_fields(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"stepz": 3}))
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path / "m"), "--config", str(tmp_path / "config.json")])

@@ -1,0 +1,78 @@
+import numpy as np
+import pytest
+import torch
+
+from conceptlens.explain.targets import (
+    ClassTarget,
+    ConceptTarget,
+    PromptTarget,
+    TargetError,
+    UnknownClassError,
+    UnknownConceptError,
+    resolve_target,
+)
+
+
+class _Vocab:
+    ids = ["C1", "C2", "C3"]
+    names = {"C1": "pigment network", "C2": "dots", "C3": "streaks"}
+
+
+class _Scorer:
+    """score_tensor = per-image channel means, one column per concept."""
+
+    vocabulary = _Vocab()
+
+    def score_tensor(self, pixels):
+        return pixels.mean(dim=(2, 3))
+
+
+class _Binary:
+    classes_ = np.array(["benign", "malignant"])
+    coef_ = np.array([[0.0, 2.0, -1.0]])
+    intercept_ = np.array([0.5])
+    feature_names_in_ = np.array(["C3", "C2", "C1"])
+
+
+def test_shorthand_rules():
+    scorer, bn = _Scorer(), _Binary()
+    assert resolve_target("malignant", scorer=scorer, bottleneck=bn) == ClassTarget("malignant")
+    assert resolve_target("C2", scorer=scorer, bottleneck=bn) == ConceptTarget("C2")
+    assert resolve_target("Pigment Network", scorer=scorer) == ConceptTarget("Pigment Network")
+    assert resolve_target("a mole") == PromptTarget("a mole")
+    assert resolve_target("concept:C1", scorer=scorer) == ConceptTarget("C1")
+    assert resolve_target("class:benign") == ClassTarget("benign")
+    assert resolve_target("prompt:C1", scorer=scorer) == PromptTarget("C1")
+    with pytest.raises(UnknownConceptError, match="'a mole'"):
+        resolve_target("a mole", scorer=scorer)
+    with pytest.raises(UnknownClassError, match="'a mole'"):
+        resolve_target("a mole", bottleneck=bn)
+    with pytest.raises(TypeError, match="bottleneck"):
+        resolve_target(3)
+
+
+def test_concept_target_picks_its_column_by_id_or_name():
+    x = torch.arange(3.0).view(1, 3, 1, 1).expand(2, 3, 2, 2)
+    assert ConceptTarget("C2").build(None, _Scorer())(x).tolist() == [1.0, 1.0]
+    assert ConceptTarget("streaks").build(None, _Scorer())(x).tolist() == [2.0, 2.0]
+    with pytest.raises(TargetError, match="scorer"):
+        ConceptTarget("C2").build(None, None)
+
+
+def test_binary_class_target_maps_features_by_name_and_negates_the_negative_class():
+    x = torch.tensor([1.0, 10.0, 100.0]).view(1, 3, 1, 1)
+    # features ordered C3, C2, C1 -> weights 0 * 100 + 2 * 10 - 1 * 1 + 0.5
+    positive = ClassTarget("malignant").build(None, _Scorer(), _Binary())(x)
+    negative = ClassTarget("benign").build(None, _Scorer(), _Binary())(x)
+    assert positive.item() == pytest.approx(19.5)
+    assert negative.item() == pytest.approx(-19.5)
+    with pytest.raises(UnknownClassError, match="'cat'"):
+        ClassTarget("cat").build(None, _Scorer(), _Binary())
+
+
+def test_class_target_rejects_concepts_missing_from_the_scorer():
+    class Other(_Binary):
+        feature_names_in_ = np.array(["C3", "C2", "C9"])
+
+    with pytest.raises(TargetError, match="C9"):
+        ClassTarget("benign").build(None, _Scorer(), Other())

@@ -1,0 +1,183 @@
+"""load_backbone / list_backbones: dispatch, device and dtype, and errors a user can act on."""
+
+import json
+import sys
+import types
+
+import huggingface_hub.constants
+import pytest
+import torch
+from huggingface_hub.errors import GatedRepoError
+
+from conceptlens.models import (
+    BackboneLoadError,
+    BackboneNotFoundError,
+    ConceptCLIPBackbone,
+    RemoteCodeRequiredError,
+    UnknownBackboneError,
+    UnsupportedBackboneError,
+    create_reference_model,
+    factory,
+    list_backbones,
+    load_backbone,
+)
+from conceptlens.models.factory import family_from_config, hub_error, resolve_device, resolve_dtype
+
+
+@pytest.fixture(scope="module")
+def saved_folder(tmp_path_factory):
+    model, processor = create_reference_model("tiny")
+    folder = tmp_path_factory.mktemp("tiny_folder")
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def offline_hub(monkeypatch, tmp_path):
+    """No network, empty cache: every hub access must fail fast."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def test_list_backbones_names_the_short_names():
+    names = list_backbones()
+    assert names == sorted(names)
+    assert {"conceptclip", "demo", "clip-vit-b16", "siglip-base"} <= set(names)
+    assert factory.BACKBONES["conceptclip"].source == "JerrryNie/ConceptCLIP"
+    assert factory.BACKBONES["conceptclip"].remote_code
+
+
+def test_conceptclip_without_trust_remote_code_explains_why():
+    with pytest.raises(RemoteCodeRequiredError) as info:
+        load_backbone("conceptclip")
+    message = str(info.value)
+    assert "trust_remote_code=True" in message
+    assert "not part of transformers" in message and "runs that code" in message
+
+
+def test_unknown_short_name_lists_the_valid_ones():
+    with pytest.raises(UnknownBackboneError) as info:
+        load_backbone("conceptclp")
+    message = str(info.value)
+    assert "Did you mean 'conceptclip'" in message
+    for name in list_backbones():
+        assert name in message
+
+
+def test_missing_folder_is_a_file_not_found_error(tmp_path):
+    with pytest.raises(BackboneNotFoundError, match="no such folder") as info:
+        load_backbone(str(tmp_path / "nope" / "model"))
+    assert isinstance(info.value, FileNotFoundError)
+    with pytest.raises(BackboneNotFoundError, match="no config.json"):
+        load_backbone(tmp_path)
+
+
+def test_unreachable_hub_id_fails_fast_with_what_to_do(offline_hub):
+    with pytest.raises(BackboneLoadError) as info:
+        load_backbone("someone/not-a-real-model-xyz", device="cpu")
+    message = str(info.value)
+    assert isinstance(info.value, OSError)
+    assert "could not be reached" in message
+    assert "token=" in message and "local folder" in message
+
+
+def test_unreachable_conceptclip_with_remote_code_allowed(offline_hub):
+    with pytest.raises(BackboneLoadError, match="JerrryNie/ConceptCLIP"):
+        load_backbone("conceptclip", trust_remote_code=True, device="cpu")
+
+
+def test_gated_repository_message_says_how_to_get_access():
+    response = types.SimpleNamespace(headers={}, status_code=401, request=None)
+    error = hub_error("JerrryNie/ConceptCLIP", GatedRepoError("401 gated", response=response))
+    message = str(error)
+    assert "gated" in message and "https://huggingface.co/JerrryNie/ConceptCLIP" in message
+    assert "token=" in message and "local folder" in message
+
+
+def test_local_folder_is_dispatched_by_its_config(saved_folder):
+    backbone = load_backbone(saved_folder, device="cpu")
+    assert isinstance(backbone, ConceptCLIPBackbone)
+    assert backbone.identity.model_id == str(saved_folder.resolve())
+    assert backbone.identity.weights_hash == factory.hash_weight_files(saved_folder)
+
+
+def test_family_from_config():
+    assert family_from_config({"model_type": "clip"}, "x") == "clip"
+    assert family_from_config({"model_type": "siglip"}, "x") == "siglip"
+    assert family_from_config({"model_type": "foo", "auto_map": {"AutoModel": "m.M"}}, "x") == (
+        "conceptclip")
+    with pytest.raises(UnsupportedBackboneError, match="'bert' is not supported"):
+        family_from_config({"model_type": "bert"}, "x")
+
+
+@pytest.mark.parametrize(("model_type", "module", "cls"), [
+    ("clip", "conceptlens.models.clip", "CLIPBackbone"),
+    ("siglip", "conceptlens.models.siglip", "SiglipBackbone"),
+])
+def test_hf_families_go_to_their_adapters(monkeypatch, tmp_path, model_type, module, cls):
+    calls = []
+    fake = types.ModuleType(module)
+    fake_cls = type(cls, (), {"from_pretrained": classmethod(
+        lambda klass, source, **kw: calls.append((source, kw)) or "adapter")})
+    setattr(fake, cls, fake_cls)
+    monkeypatch.setitem(sys.modules, module, fake)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type}))
+    assert load_backbone(tmp_path, device="cpu", dtype="bf16", revision="abc") == "adapter"
+    (source, kwargs), = calls
+    assert source == str(tmp_path.resolve())
+    assert kwargs == dict(device=torch.device("cpu"), dtype=torch.bfloat16, revision="abc",
+                          token=None)
+
+
+def test_demo_weights_missing_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(factory, "demo_weights_dir", lambda: tmp_path / "weights")
+    with pytest.raises(BackboneNotFoundError, match="demo model's weights are missing"):
+        load_backbone("demo")
+
+
+def test_demo_uses_the_package_code_without_remote_code(monkeypatch, saved_folder, tmp_path):
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    for file in saved_folder.iterdir():
+        (folder / file.name).write_bytes(file.read_bytes())
+    (folder / "modeling_conceptclip.py").write_text("raise RuntimeError('must not run')\n")
+    monkeypatch.setattr(factory, "demo_weights_dir", lambda: folder)
+    backbone = load_backbone("demo", device="cpu")
+    assert backbone.identity.model_id == "conceptlens:demo"
+    assert type(backbone.model).__module__.startswith("conceptlens")
+
+
+def test_dtype_and_device_are_applied(saved_folder):
+    backbone = load_backbone(saved_folder, device="cpu", dtype=torch.bfloat16)
+    assert backbone.dtype == torch.bfloat16 and backbone.device == torch.device("cpu")
+    assert backbone.identity.dtype == "bfloat16"
+    assert not backbone.model.training
+    assert not any(p.requires_grad for p in backbone.model.parameters())
+    feats = backbone.encode_images(torch.zeros(1, 3, 64, 64))  # float32 pixels are cast
+    assert feats.global_embeds.dtype == torch.bfloat16
+
+
+def test_resolve_dtype():
+    assert resolve_dtype(None) == torch.float32
+    assert resolve_dtype("bf16") == resolve_dtype("torch.bfloat16") == torch.bfloat16
+    assert resolve_dtype("float16", "cuda") == torch.float16
+    with pytest.raises(ValueError, match="not supported on the CPU"):
+        resolve_dtype("fp16", "cpu")
+    with pytest.raises(ValueError, match="'int8' is not supported"):
+        resolve_dtype("int8")
+    with pytest.raises(TypeError, match="dtype must be"):
+        resolve_dtype(16)
+
+
+def test_resolve_device():
+    auto = resolve_device(None)
+    if not torch.cuda.is_available() and not torch.backends.mps.is_available():
+        assert auto == torch.device("cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="not a torch device"):
+        resolve_device("gpu-please")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda")
