@@ -7,7 +7,6 @@ offsets, and a base class holding what the CLIP and SigLIP adapters have in comm
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from abc import abstractmethod
@@ -27,12 +26,19 @@ from conceptlens.models.errors import (
     BackboneNotFoundError,
     UnsupportedBackboneError,
 )
+from conceptlens.models.runtime import (
+    dtype_name,
+    hash_state_dict,
+    hash_weight_files,
+    resolve_device,
+    resolve_dtype,
+)
 
 __all__ = [
     "HFDualEncoderBackbone",
     "align_token_offsets",
     "describe_image_processor",
-    "hash_parameters",
+    "hash_state_dict",
     "hash_weight_files",
     "resolve_device",
     "resolve_dtype",
@@ -51,86 +57,16 @@ _DTYPE_ALIASES: dict[str, torch.dtype] = {
     "half": torch.float16,
 }
 
-_HASH_CHUNK = 1 << 20
 
 
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """Pick a device: the one given, else CUDA, else Apple MPS, else CPU.
-
-    Args:
-        device: ``"cuda"``, ``"cuda:1"``, ``"mps"``, ``"cpu"``, a :class:`torch.device`, or None.
-
-    Raises:
-        ValueError: ``device`` is not a device torch understands.
-    """
-    if device is None:
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"device={device!r} is not a valid torch device") from err
 
 
-def resolve_dtype(dtype: str | torch.dtype | None = None) -> torch.dtype:
-    """Turn ``"float32"`` / ``"bf16"`` / ``torch.float16`` / None into a floating torch dtype.
-
-    None means float32.
-
-    Raises:
-        ValueError: unknown name or a non floating-point dtype.
-    """
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, torch.dtype):
-        resolved = dtype
-    elif isinstance(dtype, str) and dtype.lower().removeprefix("torch.") in _DTYPE_ALIASES:
-        resolved = _DTYPE_ALIASES[dtype.lower().removeprefix("torch.")]
-    else:
-        raise ValueError(
-            f"dtype={dtype!r} is not supported; use one of 'float32', 'bfloat16', 'float16'"
-        )
-    if resolved not in (torch.float32, torch.bfloat16, torch.float16):
-        raise ValueError(f"dtype={dtype!r} is not supported; use float32, bfloat16 or float16")
-    return resolved
 
 
-def dtype_name(dtype: torch.dtype) -> str:
-    """``torch.bfloat16`` -> ``"bfloat16"``."""
-    return str(dtype).removeprefix("torch.")
 
 
-def hash_weight_files(folder: str | os.PathLike[str]) -> str | None:
-    """SHA-256 over the names and bytes of the weight files in a local model folder.
-
-    ``*.safetensors`` files are hashed when present, else ``*.bin`` / ``*.pt`` files (read as
-    bytes, never unpickled). Returns None when the folder holds no weight file.
-    """
-    root = Path(folder)
-    files = sorted(root.glob("*.safetensors")) or sorted([*root.glob("*.bin"), *root.glob("*.pt")])
-    if not files:
-        return None
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(path.name.encode())
-        with path.open("rb") as handle:
-            while chunk := handle.read(_HASH_CHUNK):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
-def hash_parameters(module: nn.Module) -> str:
-    """SHA-256 over the names, dtypes, shapes and bytes of a module's state dict."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
-        digest.update(flat.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def _is_single_image(images: Any) -> bool:
@@ -412,7 +348,7 @@ class HFDualEncoderBackbone(Backbone):
         self._preprocessing = describe_image_processor(self.image_processor, self.image_size)
         self._check_processor_size()
         if revision is None and weights_hash is None:
-            weights_hash = hash_parameters(model)
+            weights_hash = hash_state_dict(model)
         self._model_id = model_id
         self._revision = revision
         self._weights_hash = weights_hash
@@ -566,7 +502,7 @@ class HFDualEncoderBackbone(Backbone):
         from transformers import AutoConfig, AutoProcessor
 
         target_device = resolve_device(device)
-        target_dtype = resolve_dtype(dtype)
+        target_dtype = resolve_dtype(dtype, target_device)
         name = os.path.expanduser(str(name_or_path))
         if _looks_local(name) and not Path(name).is_dir():
             raise BackboneNotFoundError(f"no such model folder: {name!r}")
