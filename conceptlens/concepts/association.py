@@ -23,11 +23,12 @@ _SMALL_PROBLEM = 1 << 20  # below this many multiply-adds per epoch threads only
 
 
 @contextmanager
-def _few_threads_for_small(work: int) -> Iterator[None]:
-    """Run tiny problems on one torch thread (restored afterwards); big ones unchanged."""
+def _training_threads(work: int, n_threads: int | None) -> Iterator[None]:
+    """Use ``n_threads`` torch threads (tiny problems: one) while training, then restore."""
     previous = torch.get_num_threads()
-    if work < _SMALL_PROBLEM and previous > 1:
-        torch.set_num_threads(1)
+    wanted = 1 if work < _SMALL_PROBLEM else (n_threads or previous)
+    if wanted != previous:
+        torch.set_num_threads(wanted)
     try:
         yield
     finally:
@@ -71,6 +72,9 @@ class AssociationBottleneck(ConceptBottleneckBase):
         class_weight: ``None``, ``"balanced"`` or a mapping class -> weight (cross-entropy weights).
         random_state: Seed of the mini-batch order.
         progress: Show a ``tqdm`` bar over epochs.
+        n_threads: Torch threads used for training (restored afterwards); ``None`` keeps
+            torch's setting. Tiny problems always train on one thread (less overhead). On a
+            machine shared with other jobs, ``1`` is often fastest.
 
     Attributes:
         association_: ``(n_classes, n_concepts)`` net association: softmax weight of the
@@ -115,6 +119,7 @@ class AssociationBottleneck(ConceptBottleneckBase):
         class_weight: Any = None,
         random_state: int | None = 0,
         progress: bool = False,
+        n_threads: int | None = None,
     ) -> None:
         self.prior = prior
         self.prior_strength = prior_strength
@@ -130,6 +135,7 @@ class AssociationBottleneck(ConceptBottleneckBase):
         self.class_weight = class_weight
         self.random_state = random_state
         self.progress = progress
+        self.n_threads = n_threads
 
     def _check_params(self) -> None:
         for name in ("prior_strength", "logit_scale", "sparsity", "diversity", "lr"):
@@ -149,6 +155,10 @@ class AssociationBottleneck(ConceptBottleneckBase):
             raise ValueError(f"batch_size must be None or an integer >= 1, got {self.batch_size!r}")
         if self.polarity not in ("both", "positive"):
             raise ValueError(f"polarity must be 'both' or 'positive', got {self.polarity!r}")
+        if self.n_threads is not None and (
+            not isinstance(self.n_threads, Integral) or self.n_threads < 1
+        ):
+            raise ValueError(f"n_threads must be None or an integer >= 1, got {self.n_threads!r}")
         if self.prior is not None and not isinstance(self.prior, Mapping):
             raise TypeError(
                 f"prior must be a mapping class -> concepts, got {type(self.prior).__name__}"
@@ -229,7 +239,7 @@ class AssociationBottleneck(ConceptBottleneckBase):
         n = len(target)
         bs = n if self.batch_size is None else min(int(self.batch_size), n)
         losses = np.empty(int(self.n_epochs))
-        with _few_threads_for_small(Z.numel() * n_classes):
+        with _training_threads(Z.numel() * n_classes, self.n_threads):
             for epoch in tqdm(range(int(self.n_epochs)), disable=not self.progress,
                               desc="association"):
                 order = torch.randperm(n, generator=gen) if bs < n else torch.arange(n)

