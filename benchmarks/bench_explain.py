@@ -10,11 +10,13 @@ numbers are ratios between methods on the same machine, not absolute claims.
    (``n_steps`` forward + backward passes each). The text tower's work (the scorer's text
    bank) is done once before timing and is excluded from both.
 2. **Peak memory of IG with and without internal batching**: each setting runs in a fresh
-   subprocess; the number reported is the growth of the process's peak resident set size
-   (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) during the ``attribute`` call, over the
-   peak reached after loading the model and one warm-up scoring pass. ``tracemalloc`` does
-   not see torch's CPU allocations; ``ru_maxrss`` does (it counts every resident page, so
-   it is an upper bound on the tensors' own footprint and is Linux/macOS only).
+   subprocess; after loading the model and one warm-up scoring pass the kernel's peak-RSS
+   mark is reset (Linux: ``5`` into ``/proc/self/clear_refs``), and the number reported is
+   the peak resident set size during the ``attribute`` call (``VmHWM``) minus the resident
+   size before it. ``tracemalloc`` does not see torch's CPU allocations; the RSS does (every
+   resident page, so an upper bound on the tensors' own footprint). Without the reset
+   (non-Linux) the growth of ``ru_maxrss`` is reported, which hides anything below the
+   model-loading peak.
 
 Usage::
 
@@ -41,9 +43,38 @@ CONCEPT_NAMES = [
 ]
 
 
-def _maxrss_mib() -> float:
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (Linux >= 4.0: ``5`` into ``/proc/self/clear_refs``)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mib() -> float:
+    """Peak resident set size: ``VmHWM`` (resettable) on Linux, else ``ru_maxrss``."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 1024.0 / (1024.0 if sys.platform == "darwin" else 1.0)
+
+
+def _current_rss_mib() -> float:
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return _peak_rss_mib()
 
 
 def _setup(size: str, dtype: str, n_concepts: int) -> tuple[Any, Any, Any]:
@@ -99,14 +130,15 @@ def run_memory_child(args: argparse.Namespace) -> dict[str, Any]:
     backbone, scorer, image = _setup(args.size, args.dtype, 1)
     with torch.no_grad():
         scorer.score_tensor(backbone.preprocess([image]))
-    before = _maxrss_mib()
+    reset = _reset_peak_rss()
+    before = _current_rss_mib() if reset else _peak_rss_mib()
     batch = None if args.child_batch == 0 else args.child_batch
     seconds, _ = _time(lambda: attribute(backbone, image, scorer.concept_ids[0], scorer=scorer,
                                          n_steps=args.steps, internal_batch_size=batch))
-    after = _maxrss_mib()
-    return {"internal_batch_size": batch, "peak_rss_before_mib": round(before, 1),
-            "peak_rss_after_mib": round(after, 1), "ig_peak_growth_mib": round(after - before, 1),
-            "seconds": round(seconds, 2)}
+    after = _peak_rss_mib()
+    return {"internal_batch_size": batch, "rss_before_mib": round(before, 1),
+            "peak_rss_during_mib": round(after, 1), "ig_peak_growth_mib": round(after - before, 1),
+            "peak_mark_reset": reset, "seconds": round(seconds, 2)}
 
 
 def run_memory(args: argparse.Namespace) -> dict[str, Any]:
@@ -119,7 +151,8 @@ def run_memory(args: argparse.Namespace) -> dict[str, Any]:
     unbatched = results["unbatched"]["ig_peak_growth_mib"]
     batched = results["batched"]["ig_peak_growth_mib"]
     results["memory_ratio_unbatched_vs_batched"] = round(unbatched / batched, 2) if batched > 0 else None
-    results["method"] = "growth of ru_maxrss during attribute(), fresh subprocess per setting"
+    results["method"] = ("growth of peak RSS during attribute() over the RSS before it, fresh "
+                         "subprocess per setting (Linux: VmHWM reset via /proc/self/clear_refs)")
     return results
 
 

@@ -107,7 +107,7 @@ def explain_images(
             top = list(item.contributions.abs().sort_values(ascending=False).index[:top_k])
         else:
             top = list(row.sort_values(ascending=False).index[:top_k])
-        maps = scorer.concept_maps(loaded, concepts=top)
+        maps = scorer.concept_maps(loaded.image, concepts=top)
         item.maps = {c: np.asarray(maps.upsampled(c)) for c in top}
         if method:
             if bottleneck is not None:
@@ -118,7 +118,7 @@ def explain_images(
                 from conceptlens.explain import ConceptTarget
 
                 target = ConceptTarget(top[0])
-            attribution = attribute(scorer.backbone, loaded, target=target, method=method, scorer=scorer,
+            attribution = attribute(scorer.backbone, loaded.image, target=target, method=method, scorer=scorer,
                                     bottleneck=bottleneck, n_steps=n_steps,
                                     internal_batch_size=internal_batch_size)
             item.attribution = np.asarray(attribution.map)
