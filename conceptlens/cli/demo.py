@@ -94,10 +94,10 @@ def run_demo(
     # a shortcut-prone decision-maker: a bottleneck trained where the marking follows the diagnosis
     shortcut = SparseLinearBottleneck(cv=3).fit(scores.table.loc[train], diagnosis[:half])
     decisions = shortcut.predict(scores.table.loc[test])
-    result = audit(scores.table.loc[test], decisions, diagnosis[half:], irrelevant_concepts=[ARTIFACT])
     names = dict(scores.concept_names)
     test_scores = type(scores)(scores.table.loc[test], config=scores.config, backbone=scores.backbone,
                                vocabulary_hash=scores.vocabulary_hash, concept_names=names)
+    result = audit(test_scores, decisions, diagnosis[half:], irrelevant_concepts=[ARTIFACT])
     audit_page = audit_report(result, scores=test_scores, decisions=decisions, labels=diagnosis[half:],
                               annotation=annotation, weights=shortcut.coef_frame(standardized=True),
                               images={i: images[i] for i in test}, notice=model_notice(backbone),

@@ -61,9 +61,11 @@ def _identity_facts(backbone: Mapping[str, Any] | None, vocabulary: Mapping[str,
                     scoring: Mapping[str, Any] | None, extra: Mapping[str, Any] | None) -> Facts:
     facts: dict[str, Any] = {}
     if backbone:
-        for key in ("model_id", "family", "revision", "weights_hash", "dtype", "key"):
+        labels = {"model_id": "model", "family": "model family", "revision": "model revision",
+                  "weights_hash": "weights hash (sha256)", "dtype": "dtype", "key": "backbone cache key"}
+        for key, label in labels.items():
             if backbone.get(key) is not None:
-                facts[f"model {key}"] = backbone[key]
+                facts[label] = backbone[key]
         if backbone.get("preprocessing"):
             facts["preprocessing"] = backbone["preprocessing"]
     for key, value in (vocabulary or {}).items():

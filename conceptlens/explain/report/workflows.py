@@ -13,24 +13,27 @@ from conceptlens.explain.report.document import Report
 
 __all__ = ["explain_images", "model_notice"]
 
-CLINICAL_NOTICE = ("Not for clinical use. This model was trained on synthetic images; its concept scores, "
-                   "predictions and explanations are for research and demonstration only.")
-
 
 def model_notice(backbone: Any) -> str | None:
     """The not-for-clinical-use notice a backbone's model card asks for, if any.
 
-    Reads ``README.md`` / ``MODEL_CARD.md`` beside a local model's weights; a card that says
-    "not for clinical use" yields the notice.
+    Reads ``README.md`` / ``MODEL_CARD.md`` beside a local model's weights (the demo model's
+    card for ``load_backbone("demo")``) and returns the card's line that says "not for
+    clinical use", or ``None``.
     """
+    from conceptlens.models.factory import demo_weights_dir
+
     model_id = getattr(getattr(backbone, "identity", None), "model_id", "") or ""
-    folder = Path(model_id)
+    folder = demo_weights_dir() if model_id.startswith("conceptlens:demo") else Path(model_id)
     if not folder.is_dir():
         return None
     for card in ("README.md", "MODEL_CARD.md"):
         path = folder / card
-        if path.is_file() and "not for clinical use" in path.read_text(encoding="utf-8", errors="ignore").lower():
-            return CLINICAL_NOTICE
+        if not path.is_file():
+            continue
+        for line in path.read_text(encoding="utf-8", errors="ignore").splitlines():
+            if "not for clinical use" in line.lower():
+                return "From the model card: " + line.strip(" #>*_-\t")
     return None
 
 

@@ -1,0 +1,132 @@
+"""Every sub-command end to end on the shipped demo model, including a corrupt image."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from conceptlens.cli import main
+
+N_IMAGES = 40
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    from conceptlens.demo import DEMO_WEIGHTS_DIR, generate
+
+    if not (DEMO_WEIGHTS_DIR / "config.json").exists():
+        pytest.fail(f"the demo model is not shipped in {DEMO_WEIGHTS_DIR}")
+    root = tmp_path_factory.mktemp("cli")
+    folder = root / "images"
+    folder.mkdir()
+    data = generate(N_IMAGES, seed=4242, size=64, artifact_correlation=0.8)
+    names = []
+    for i, image in enumerate(data.images):
+        name = f"lesion_{i:02d}.png"
+        Image.fromarray(image).save(folder / name)
+        names.append(str(folder / name))
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    diagnosis = np.where(data.diagnoses == 1, "melanoma", "benign")
+    pd.DataFrame({"image": names, "label": diagnosis}).to_csv(root / "labels.csv", index=False)
+    # a decision-maker that copies the ink marking: the audit must flag it
+    decisions = np.where(data.concepts[:, -1] == 1, "melanoma", "benign")
+    pd.DataFrame({"image": names, "decision": decisions}).to_csv(root / "decisions.csv", index=False)
+    pd.DataFrame(data.concepts, columns=data.concept_ids).assign(image=names).to_csv(
+        root / "concepts.csv", index=False)
+    return root
+
+
+def _run(args, capsys):
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_score_folder_reports_corrupt_image_and_keeps_the_rest(workspace, capsys):
+    out = workspace / "scores.parquet"
+    code, stdout, stderr = _run(["score", workspace / "images", "--out", out, "--quiet"], capsys)
+    assert code == 0, stderr
+    from conceptlens.vocab import ConceptScores
+
+    scores = ConceptScores.load(out)
+    assert len(scores) == N_IMAGES
+    assert scores.errors["image"].str.endswith("broken.png").tolist() == [True]
+    assert "broken.png" in stderr
+    assert (workspace / "scores.errors.csv").exists()
+    assert "skipped" in stdout
+
+
+def test_score_to_csv_with_preset(workspace, capsys):
+    out = workspace / "preset.csv"
+    files = sorted((workspace / "images").glob("lesion_0*.png"))[:3]
+    code, _, stderr = _run(["score", *files, "--preset", "derm7pt", "--out", out, "--quiet"], capsys)
+    assert code == 0, stderr
+    table = pd.read_csv(out, index_col=0)
+    assert table.shape == (3, 8) and ((table >= 0) & (table <= 1)).all().all()
+
+
+def test_fit_writes_a_bottleneck(workspace, capsys):
+    code, stdout, stderr = _run(["fit", workspace / "scores.parquet", "--labels", workspace / "labels.csv",
+                                 "--out", workspace / "model", "--quiet"], capsys)
+    assert code == 0, stderr
+    assert (workspace / "model").is_dir() and any((workspace / "model").iterdir())
+    assert "training accuracy" in stdout
+
+
+def test_explain_writes_report_pair(workspace, capsys):
+    files = sorted((workspace / "images").glob("lesion_*.png"))[:2]
+    code, _, stderr = _run(["explain", *files, workspace / "images" / "broken.png", "--bottleneck",
+                            workspace / "model", "--method", "saliency", "--out", workspace / "explain",
+                            "--quiet"], capsys)
+    assert code == 0, stderr
+    page = (workspace / "explain" / "explanation.html").read_text()
+    data = json.loads((workspace / "explain" / "explanation.json").read_text())
+    assert data["kind"] == "explanation" and "lesion_00.png" in page
+    assert "broken.png" in stderr
+
+
+def test_audit_flags_the_copied_artifact(workspace, capsys):
+    code, _, stderr = _run(["audit", workspace / "scores.parquet", "--decisions", workspace / "decisions.csv",
+                            "--labels", workspace / "labels.csv", "--concept-labels", workspace / "concepts.csv",
+                            "--irrelevant", "artifact:ink_marking", "--out", workspace / "audit", "--quiet"], capsys)
+    assert code == 0, stderr
+    data = json.loads((workspace / "audit" / "audit.json").read_text())
+    titles = [s["title"] for s in data["sections"]]
+    assert "Concept annotation quality" in titles
+    text = (workspace / "audit" / "audit.html").read_text()
+    assert "ink marking" in text
+
+
+def test_audit_unknown_concept_is_one_line_error(workspace, capsys):
+    code, _, stderr = _run(["audit", workspace / "scores.parquet", "--decisions", workspace / "decisions.csv",
+                            "--irrelevant", "no:such_concept", "--out", workspace / "audit2"], capsys)
+    assert code == 1 and "no:such_concept" in stderr and len(stderr.strip().splitlines()) == 1
+
+
+def test_vocab_commands(workspace, capsys):
+    code, stdout, _ = _run(["vocab", "list"], capsys)
+    assert code == 0 and "dermoscopy" in stdout and "demo" in stdout
+    code, stdout, _ = _run(["vocab", "show", "demo"], capsys)
+    assert code == 0 and "derm7pt:blue_whitish_veil" in stdout
+    target = workspace / "demo.obo"
+    code, _, stderr = _run(["vocab", "convert", "demo", target], capsys)
+    assert code == 0, stderr
+    code, stdout, _ = _run(["vocab", "validate", target], capsys)
+    assert code == 0 and "valid" in stdout
+    bad = workspace / "bad.yaml"
+    bad.write_text("name: bad\nconcepts:\n  - id: x\n    name: ''\n")
+    code, _, stderr = _run(["vocab", "validate", bad], capsys)
+    assert code == 1 and "bad.yaml" in stderr
+
+
+def test_demo_command(tmp_path, capsys):
+    code, stdout, stderr = _run(["demo", "--out", tmp_path / "demo", "--n", "60", "--n-explain", "1",
+                                 "--quiet"], capsys)
+    assert code == 0, stderr
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    for name in ("explanation.html", "explanation.json", "audit.html", "audit.json", "scores.parquet"):
+        assert (tmp_path / "demo" / name).exists(), name
+    assert 0.0 <= summary["headline"]["bottleneck_test_accuracy"] <= 1.0
+    assert "bottleneck_test_accuracy" in stdout
