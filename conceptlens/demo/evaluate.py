@@ -7,13 +7,15 @@ The three numbers of the demo model's quality bars, computed directly from model
   global score ``softmax`` over the pair of ``logit_scale * cos(image, prompt)``; local
   score ``softmax`` over the pair of the patch-pooled ``concept_logit_scale * cos(patch,
   concept)``, where the concept vector is the L2-normalised mean of the prompt's token
-  features over the concept name's span (over all its word tokens for the reference);
+  features over the concept name's span (for the reference prompt: over its modality word
+  ``dermatoscopy``, which training aligns with every image);
   final score ``0.5 * global + 0.5 * local``; ROC-AUC per concept.
 * **pointing game**: the concept map ``concept_logit_scale * cos(patch, concept)`` on the
   patch grid; a hit when its maximum lies on a patch that overlaps the concept's mask
   (optionally within ``tolerance`` patches of one).
-* **sparse bottleneck**: L1 logistic regression on the standardised concept scores of one
-  half of the sample, diagnosis accuracy on the other half, and which concepts carry the
+* **sparse bottleneck**: L1 logistic regression on the standardised log-odds of the concept
+  scores of one half of the sample (the scores are probabilities, often tiny: log-odds make
+  the evidence additive), diagnosis accuracy on the other half, and which concepts carry the
   largest absolute weights.
 """
 
@@ -58,6 +60,7 @@ QUALITY_BARS: dict[str, float] = {"auc": 0.90, "pointing_game": 0.80, "diagnosis
 """Minimum per-criterion ROC-AUC, per-criterion pointing-game hit rate and bottleneck accuracy."""
 
 MAJOR_CRITERIA: tuple[str, ...] = CRITERIA_IDS[:3]
+_EPS = 1e-6  # scores are clipped to [eps, 1 - eps] before taking log-odds
 
 
 def concept_prompt(concept_id: str) -> str:
@@ -75,9 +78,11 @@ class DemoEvaluation:
             hits the concept's mask.
         diagnosis_accuracy: Held-out accuracy of the sparse bottleneck.
         bottleneck_weights: Concept id -> weight of the L1 logistic regression
-            (standardised scores).
+            (standardised score log-odds).
         n: Sample size; seed: its seed.
         settings: How the numbers were computed (pooling, tolerance, C, split).
+        scores: ``(n, 8)`` combined zero-shot concept scores of the sample (columns
+            :data:`~conceptlens.demo.CONCEPT_IDS`), not part of :meth:`to_dict`.
     """
 
     concept_auc: dict[str, float]
@@ -87,6 +92,7 @@ class DemoEvaluation:
     n: int
     seed: int
     settings: dict[str, Any] = field(default_factory=dict)
+    scores: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def top_weighted(self) -> list[str]:
@@ -115,8 +121,10 @@ class DemoEvaluation:
         return missed
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict of every number."""
-        return asdict(self)
+        """JSON-ready dict of every number (without the per-image scores)."""
+        d = asdict(self)
+        d.pop("scores")
+        return d
 
     def to_markdown(self) -> str:
         """A Markdown table of the per-concept numbers and the bottleneck summary."""
@@ -293,7 +301,8 @@ def evaluate_demo_model(
     prompts = [PROMPT_TEMPLATE.format(name) for name in names] + [REFERENCE_PROMPT]
     name_start = PROMPT_TEMPLATE.index("{}")
     spans = [(name_start, name_start + len(name)) for name in names]
-    spans.append((0, len(REFERENCE_PROMPT)))
+    modality = REFERENCE_PROMPT.index("dermatoscopy")
+    spans.append((modality, modality + len("dermatoscopy")))
 
     text_global, text_tokens, offsets, attention = encoder.texts(prompts)
     concept_vectors = _span_vectors(text_tokens, offsets, attention, spans)  # (K+1, D)
@@ -321,10 +330,12 @@ def evaluate_demo_model(
     pointing = {c: float(hits[labels[:, k] == 1, k].mean()) for k, c in enumerate(CONCEPT_IDS)}
 
     half = len(data) // 2
-    scaler = StandardScaler().fit(final[:half])
-    bottleneck = LogisticRegression(l1_ratio=1.0, solver="liblinear", C=C)
-    bottleneck.fit(scaler.transform(final[:half]), data.diagnoses[:half])
-    accuracy = float(bottleneck.score(scaler.transform(final[half:]), data.diagnoses[half:]))
+    clipped = np.clip(final, _EPS, 1 - _EPS)
+    log_odds = np.log(clipped) - np.log1p(-clipped)
+    scaler = StandardScaler().fit(log_odds[:half])
+    bottleneck = LogisticRegression(l1_ratio=1.0, solver="liblinear", C=C, random_state=0)
+    bottleneck.fit(scaler.transform(log_odds[:half]), data.diagnoses[:half])
+    accuracy = float(bottleneck.score(scaler.transform(log_odds[half:]), data.diagnoses[half:]))
     weights = {c: float(w) for c, w in zip(CONCEPT_IDS, bottleneck.coef_[0], strict=True)}
     return DemoEvaluation(
         concept_auc=concept_auc,
@@ -333,6 +344,7 @@ def evaluate_demo_model(
         bottleneck_weights=weights,
         n=len(data),
         seed=int(data.seed) if data.seed is not None else seed,
+        scores=final,
         settings={
             "prompt": PROMPT_TEMPLATE,
             "reference_prompt": REFERENCE_PROMPT,
@@ -340,7 +352,9 @@ def evaluate_demo_model(
             "combination": "0.5 * global + 0.5 * local",
             "pointing_tolerance_patches": tolerance,
             "grid_size": list(grid),
-            "bottleneck": f"L1 logistic regression, C={C}, standardised scores, 50/50 split",
+            "bottleneck": (
+                f"L1 logistic regression (C={C}) on standardised score log-odds, 50/50 split"
+            ),
         },
     )
 

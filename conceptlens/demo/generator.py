@@ -118,11 +118,13 @@ _TEMPLATES: tuple[str, ...] = (
     "Close-up dermoscopic view with {}.",
 )
 
+# Captions of images without concepts say nothing about structures (they are true of every
+# image), so the zero-shot reference prompt "This is dermatoscopy." stays neutral.
 _EMPTY_CAPTIONS: tuple[str, ...] = (
     "This is dermatoscopy.",
     "Dermoscopy of a pigmented lesion.",
-    "A pigmented skin lesion without specific structures.",
-    "Dermoscopic image of a regular nevus.",
+    "Dermoscopic image of a pigmented skin lesion.",
+    "A pigmented skin lesion on dermoscopy.",
     "Dermatoscopy of a melanocytic lesion.",
 )
 
@@ -131,7 +133,7 @@ _COLOURS: dict[str, tuple[float, float, float]] = {
     "derm7pt:atypical_pigment_network": (62.0, 34.0, 18.0),
     "derm7pt:blue_whitish_veil": (150.0, 172.0, 212.0),
     "derm7pt:atypical_vascular_pattern": (222.0, 24.0, 40.0),
-    "derm7pt:irregular_streaks": (92.0, 42.0, 16.0),
+    "derm7pt:irregular_streaks": (82.0, 36.0, 12.0),
     "derm7pt:irregular_pigmentation": (18.0, 12.0, 10.0),
     "derm7pt:irregular_dots_globules": (44.0, 34.0, 78.0),
     "derm7pt:regression_structures": (238.0, 232.0, 226.0),
@@ -351,6 +353,69 @@ def _line_distance(u: np.ndarray, period: float) -> np.ndarray:
     return np.abs((u / period + 0.5) % 1.0 - 0.5) * period
 
 
+def _inner_layer(
+    k: int,
+    j: int,
+    p: dict[str, np.ndarray],
+    slot_angle: np.ndarray,
+    pepper: np.ndarray,
+    size: int,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Alpha ``(r, S, S)`` (and per-pixel colour, or None) of inner concept ``k`` in slot ``j``."""
+    r_count = slot_angle.shape[0]
+    s = size / 64.0
+    f32 = np.float32
+    grid = np.arange(size, dtype=f32) + 0.5
+    yy, xx = grid[None, :, None], grid[None, None, :]
+
+    def col(a: np.ndarray) -> np.ndarray:
+        return np.asarray(a, dtype=f32).reshape(r_count, 1, 1)
+
+    rgb = None
+    r_slot = p["slot_radius"][:, j] * p["radius"]
+    px = col(p["centre"][:, 0] + r_slot * np.cos(slot_angle[:, j]))
+    py = col(p["centre"][:, 1] + r_slot * np.sin(slot_angle[:, j]))
+    ox, oy = xx - px, yy - py
+    r = np.sqrt(ox**2 + oy**2)
+    a = np.arctan2(oy, ox)
+    blob_edge = col(p["blob_radius"][:, k] * p["radius"]) * (
+        1 + col(p["blob_amp"][:, k]) * np.sin(3 * a + col(p["blob_phase"][:, k]))
+    )
+    region = np.clip((blob_edge - r) / (1.0 * s) + 0.5, 0, 1)
+    rot = col(p["rotation"][:, k])
+    u = ox * np.cos(rot) + oy * np.sin(rot)
+    v = -ox * np.sin(rot) + oy * np.cos(rot)
+    t0, t1 = col(p["texture_phase"][:, k, 0]), col(p["texture_phase"][:, k, 1])
+    if k == 0:  # atypical pigment network: thick, irregular dark-brown mesh
+        uw = u + 0.7 * s * np.sin(v * 0.9 / s + t0)
+        vw = v + 0.7 * s * np.sin(u * 0.8 / s + t1)
+        d = np.minimum(_line_distance(uw, 4.0 * s), _line_distance(vw, 4.0 * s))
+        pattern = np.clip(1.3 - d / (0.85 * s), 0, 1)
+        alpha = region * pattern * 0.95
+    elif k == 1:  # blue-whitish veil: structureless, diffuse blue-white area
+        alpha = region * (0.85 + 0.1 * np.sin(u * 0.5 / s + t0))
+    elif k == 2:  # atypical vascular pattern: red serpentine vessels
+        uw = u + 1.3 * s * np.sin(v * 0.75 / s + t0)
+        pattern = np.clip(1.3 - _line_distance(uw, 4.5 * s) / (0.95 * s), 0, 1)
+        alpha = region * pattern
+    elif k == 4:  # irregular pigmentation: a structureless black blotch
+        alpha = region * 0.95
+    elif k == 5:  # irregular dots/globules: a cluster of round dark dots
+        du = _line_distance(u + 0.6 * s * np.sin(v * 0.5 / s + t0), 4.2 * s)
+        dv = _line_distance(v + 0.6 * s * np.sin(u * 0.5 / s + t1), 4.2 * s)
+        pattern = np.clip((1.6 * s - np.sqrt(du**2 + dv**2)) / (0.5 * s), 0, 1)
+        alpha = region * pattern
+    else:  # regression structures: white scar-like area with grey-blue peppering
+        alpha = region * 0.9
+        pep = (pepper > 0.78).astype(f32)[..., None]
+        white = np.asarray(_COLOURS[CONCEPT_IDS[k]], dtype=f32)
+        rgb = (
+            white * (1 - pep) + np.asarray(_PEPPER_COLOUR, dtype=f32) * pep
+            + p["colour_jitter"][:, k].astype(f32)[:, None, None, :]
+        )
+    return alpha, rgb
+
+
 def _draw_chunk(
     p: dict[str, np.ndarray],
     present: np.ndarray,
@@ -392,56 +457,24 @@ def _draw_chunk(
     colours: dict[int, np.ndarray] = {}
     slot_angle = p["slot_offset"][:, None] + 2 * np.pi * p["slot_perm"] / 6.0
     for j, k in enumerate(_INNER):
-        r_slot = p["slot_radius"][:, j] * p["radius"]
-        px = col(p["centre"][:, 0] + r_slot * np.cos(slot_angle[:, j]))
-        py = col(p["centre"][:, 1] + r_slot * np.sin(slot_angle[:, j]))
-        ox, oy = xx - px, yy - py
-        r = np.sqrt(ox**2 + oy**2)
-        a = np.arctan2(oy, ox)
-        blob_edge = col(p["blob_radius"][:, k] * p["radius"]) * (
-            1 + col(p["blob_amp"][:, k]) * np.sin(3 * a + col(p["blob_phase"][:, k]))
-        )
-        region = np.clip((blob_edge - r) / (1.0 * s) + 0.5, 0, 1)
-        rot = col(p["rotation"][:, k])
-        u = ox * np.cos(rot) + oy * np.sin(rot)
-        v = -ox * np.sin(rot) + oy * np.cos(rot)
-        t0, t1 = col(p["texture_phase"][:, k, 0]), col(p["texture_phase"][:, k, 1])
-        if k == 0:  # atypical pigment network: thick, irregular dark-brown mesh
-            uw = u + 0.7 * s * np.sin(v * 0.9 / s + t0)
-            vw = v + 0.7 * s * np.sin(u * 0.8 / s + t1)
-            d = np.minimum(_line_distance(uw, 4.0 * s), _line_distance(vw, 4.0 * s))
-            pattern = np.clip(1.3 - d / (0.85 * s), 0, 1)
-            alpha = region * pattern * 0.95
-        elif k == 1:  # blue-whitish veil: structureless, diffuse blue-white area
-            alpha = region * (0.85 + 0.1 * np.sin(u * 0.5 / s + t0))
-        elif k == 2:  # atypical vascular pattern: red serpentine vessels
-            uw = u + 1.3 * s * np.sin(v * 0.75 / s + t0)
-            pattern = np.clip(1.3 - _line_distance(uw, 4.5 * s) / (0.95 * s), 0, 1)
-            alpha = region * pattern
-        elif k == 4:  # irregular pigmentation: a structureless black blotch
-            alpha = region * 0.95
-        elif k == 5:  # irregular dots/globules: a cluster of round dark dots
-            du = _line_distance(u + 0.6 * s * np.sin(v * 0.5 / s + t0), 4.2 * s)
-            dv = _line_distance(v + 0.6 * s * np.sin(u * 0.5 / s + t1), 4.2 * s)
-            pattern = np.clip((1.6 * s - np.sqrt(du**2 + dv**2)) / (0.5 * s), 0, 1)
-            alpha = region * pattern
-        else:  # regression structures: white scar-like area with grey-blue peppering
-            alpha = region * 0.9
-            pep = (pepper > 0.78).astype(f32)[..., None]
-            white = np.asarray(_COLOURS[CONCEPT_IDS[k]], dtype=f32)
-            colours[k] = (
-                white * (1 - pep) + np.asarray(_PEPPER_COLOUR, dtype=f32) * pep
-                + p["colour_jitter"][:, k].astype(f32)[:, None, None, :]
-            )
-        alphas[k] = alpha
+        rows = np.flatnonzero(present[:, k])  # absent concepts leave no trace: skip their pixels
+        alphas[k] = np.zeros((m, size, size), dtype=f32)
+        if rows.size == 0:
+            continue
+        part = {key: value[rows] for key, value in p.items()}
+        alpha, rgb = _inner_layer(k, j, part, slot_angle[rows], pepper[rows], size)
+        alphas[k][rows] = alpha
+        if rgb is not None:
+            colours[k] = np.zeros((m, size, size, 3), dtype=f32)
+            colours[k][rows] = rgb
     # irregular streaks: radial lines across a sector of the lesion border
     da = (ang - col(p["streak_angle"]) + np.pi) % (2 * np.pi) - np.pi
-    sector = np.clip((0.55 - np.abs(da)) / 0.08, 0, 1)
+    sector = np.clip((0.75 - np.abs(da)) / 0.08, 0, 1)
     radial = np.clip((rho - 0.78 * radius) / (1.0 * s), 0, 1) * np.clip(
         (1.42 * radius - rho) / (1.5 * s), 0, 1
     )
     arc = _line_distance(da, 5.0 * s / radius) * rho
-    alphas[3] = sector * radial * np.clip(1.3 - arc / (1.2 * s), 0, 1)
+    alphas[3] = sector * radial * np.clip(1.3 - arc / (1.4 * s), 0, 1)
     # ink marking: a purple stroke near one corner of the image
     corner = p["ink_corner"]
     ix = np.where(corner % 2 == 0, p["ink_offset"][:, 0], size - p["ink_offset"][:, 0])

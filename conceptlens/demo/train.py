@@ -3,8 +3,9 @@
 Both of ConceptCLIP's losses are used:
 
 * **global**: the SigLIP sigmoid loss between image and caption embeddings of a batch,
-  ``logit = logit_scale * cos + logit_bias``; a pair is positive when the caption names
-  exactly the concepts of the image (so identical captions are not pushed apart);
+  ``logit = logit_scale * cos + logit_bias``; a pair is positive when the caption truly
+  describes the image: the image shows every concept the caption names (a caption naming
+  none matches every image), so true descriptions are never pushed apart;
 * **local** (region-concept alignment): every concept mention of a caption is embedded as
   the L2-normalised mean of its ``text_token_features`` over the mention's token span;
   patch tokens are L2-normalised; a concept's score for an image is
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,11 +33,33 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from conceptlens.demo.generator import CONCEPT_IDS, SyntheticDermoscopy, caption_words, generate
+from conceptlens.demo.card import write_model_card
+from conceptlens.demo.evaluate import DemoEvaluation, evaluate_demo_model
+from conceptlens.demo.generator import (
+    CONCEPT_IDS,
+    SyntheticDermoscopy,
+    caption_words,
+    generate,
+    patch_masks,
+)
 from conceptlens.models.reference import create_reference_model
 from conceptlens.models.reference.factory import default_words
 
-__all__ = ["TrainingConfig", "encode_captions", "main", "pixels_from_uint8", "train_demo_model"]
+__all__ = [
+    "EVALUATION_SEED",
+    "TrainingConfig",
+    "batch_losses",
+    "encode_captions",
+    "finish_model_folder",
+    "main",
+    "pixels_from_uint8",
+    "train_demo_model",
+]
+
+_MODALITY_WORD = re.compile(r"\b(dermatoscopy|dermoscopy|dermoscopic)\b", re.IGNORECASE)
+
+EVALUATION_SEED = 20240601
+"""Seed of the held-out sample the model card's numbers come from (never used in training)."""
 
 
 @dataclass
@@ -52,6 +76,8 @@ class TrainingConfig:
         weight_decay: AdamW weight decay (not applied to the four logit scalars).
         warmup_steps: Linear warm-up length.
         local_weight: Weight of the local region-concept loss beside the global loss.
+        patch_weight: Weight of an extra, mask-supervised per-patch loss (0: off, pure
+            ConceptCLIP losses); needs masks, which the generator provides.
         vision_config: Overrides of the tiny vision tower's config.
         text_config: Overrides of the tiny text tower's config.
         threads: ``torch.set_num_threads`` during training (results depend on it only
@@ -61,12 +87,13 @@ class TrainingConfig:
     seed: int = 0
     n_train: int = 5000
     image_size: int = 64
-    steps: int = 1000
+    steps: int = 1400
     batch_size: int = 64
     lr: float = 3e-3
     weight_decay: float = 0.05
     warmup_steps: int = 100
     local_weight: float = 0.5
+    patch_weight: float = 1.0
     vision_config: dict[str, Any] = field(
         default_factory=lambda: {
             "hidden_size": 64,
@@ -114,8 +141,9 @@ def encode_captions(
 
     Returns:
         ``(input_ids, spans)``: ``(n, T)`` token ids padded to the longest caption, and
-        ``(n, 8, T)`` bool, True where token ``t`` of caption ``i`` lies in the mention of
-        concept ``k``.
+        ``(n, 9, T)`` bool, True where token ``t`` of caption ``i`` lies in the mention of
+        concept ``k``; channel 8 marks the modality word (``dermatoscopy``, ``dermoscopy``,
+        ``dermoscopic``), a mention every image matches (it anchors the reference prompt).
 
     Raises:
         ValueError: If a mention covers no token (the caption was truncated).
@@ -123,9 +151,11 @@ def encode_captions(
     enc = tokenizer(list(captions), padding="longest", return_offsets_mapping=True, return_tensors="np")
     ids = torch.from_numpy(enc["input_ids"].astype(np.int64))
     offsets = enc["offset_mapping"]
-    spans = np.zeros((len(captions), len(CONCEPT_IDS), ids.shape[1]), dtype=bool)
+    spans = np.zeros((len(captions), len(CONCEPT_IDS) + 1, ids.shape[1]), dtype=bool)
     for i, caption_mentions in enumerate(mentions):
         starts, ends = offsets[i, :, 0], offsets[i, :, 1]
+        for match in _MODALITY_WORD.finditer(captions[i]):
+            spans[i, -1] |= (starts >= match.start()) & (ends <= match.end()) & (ends > starts)
         for k, start, end in caption_mentions:
             inside = (starts >= start) & (ends <= end) & (ends > starts)
             if not inside.any():
@@ -140,44 +170,75 @@ def _sigmoid_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return -F.logsigmoid(signs * logits).sum() / logits.shape[0]
 
 
+def caption_matches(concepts: torch.Tensor, spans: torch.Tensor) -> torch.Tensor:
+    """Which captions truly describe which images: ``(B_images, B_captions)`` bool.
+
+    A caption matches an image when the image shows every concept the caption names; a
+    caption naming no concept (``"This is dermatoscopy."``) is true of, and matches, every image.
+
+    Args:
+        concepts: ``(B, 8)`` 0/1 concepts of the images.
+        spans: ``(B, 9, T)`` mention spans of the captions (see :func:`encode_captions`).
+    """
+    named = spans[:, : concepts.shape[1]].any(-1)  # (B_captions, 8)
+    return ~(named[None, :, :] & (concepts[:, None, :] == 0)).any(-1)
+
+
 def batch_losses(
     model: torch.nn.Module,
     pixels: torch.Tensor,
     input_ids: torch.Tensor,
     spans: torch.Tensor,
     concepts: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Global SigLIP loss and local region-concept loss of one batch.
+    patch_labels: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """The losses of one batch.
 
     Args:
         model: The reference ConceptCLIP model.
         pixels: ``(B, 3, H, W)``.
         input_ids: ``(B, T)`` captions of the images.
-        spans: ``(B, 8, T)`` concept-mention token spans of the captions.
+        spans: ``(B, 9, T)`` concept-mention token spans of the captions (see
+            :func:`encode_captions`; the last channel is the modality word, true of every image).
         concepts: ``(B, 8)`` 0/1 ground-truth concepts of the images.
+        patch_labels: Optional ``(B, 8, P)`` bool, which patches show each concept; adds the
+            ``"patch"`` loss (per-patch sigmoid loss of the local score).
 
     Returns:
-        ``(global_loss, local_loss)`` scalars.
+        ``{"global": ..., "local": ...}`` (plus ``"patch"``) scalar losses.
     """
     out = model(pixel_values=pixels, input_ids=input_ids)
     img, txt = out["image_features"], out["text_features"]
     logits = out["logit_scale"] * img @ txt.T + out["logit_bias"]
-    same_caption = (concepts[:, None, :] == concepts[None, :, :]).all(-1)
-    global_loss = _sigmoid_loss(logits, same_caption)
+    losses = {"global": _sigmoid_loss(logits, caption_matches(concepts, spans))}
 
     patches = F.normalize(out["image_token_features"], dim=-1)  # (B, P, D)
     weights = spans.float()
     counts = weights.sum(-1, keepdim=True).clamp_min(1.0)
     concept_emb = torch.einsum("bkt,btd->bkd", weights, out["text_token_features"]) / counts
-    has_mention = spans.any(-1)  # (B, 8)
+    has_mention = spans.any(-1)  # (B, 9)
     concept_emb = F.normalize(concept_emb[has_mention], dim=-1)  # (M, D)
-    if concept_emb.shape[0] == 0:
-        return global_loss, logits.new_zeros(())
     concept_idx = has_mention.nonzero()[:, 1]
-    cos = torch.einsum("md,bpd->mbp", concept_emb, patches).amax(-1)  # (M, B)
-    local_logits = out["concept_logit_scale"] * cos + out["concept_logit_bias"]
-    labels = concepts[:, concept_idx].T.bool()  # (M, B): image b shows concept m
-    return global_loss, _sigmoid_loss(local_logits, labels)
+    patch_logits = (
+        out["concept_logit_scale"] * torch.einsum("md,bpd->mbp", concept_emb, patches)
+        + out["concept_logit_bias"]
+    )  # (M, B, P)
+    with_modality = torch.cat([concepts, concepts.new_ones(concepts.shape[0], 1)], dim=1)
+    labels = with_modality[:, concept_idx].T.bool()  # (M, B): image b shows concept m
+    if concept_idx.numel() == 0:
+        losses["local"] = logits.new_zeros(())
+    else:
+        losses["local"] = _sigmoid_loss(patch_logits.amax(-1), labels)
+    if patch_labels is not None:
+        is_concept = concept_idx < concepts.shape[1]
+        if bool(is_concept.any()):
+            target = patch_labels[:, concept_idx[is_concept]].permute(1, 0, 2).float()  # (M', B, P)
+            losses["patch"] = F.binary_cross_entropy_with_logits(
+                patch_logits[is_concept], target, pos_weight=logits.new_tensor(5.0)
+            )
+        else:
+            losses["patch"] = logits.new_zeros(())
+    return losses
 
 
 def _tokenizer_words() -> list[str]:
@@ -236,7 +297,9 @@ def _run_training(
     config: TrainingConfig, data: SyntheticDermoscopy | None, progress: bool
 ) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
     if data is None:
-        data = generate(config.n_train, seed=config.seed, size=config.image_size, masks=False)
+        data = generate(
+            config.n_train, seed=config.seed, size=config.image_size, masks=config.patch_weight > 0
+        )
     if data.images.shape[1] != config.image_size:
         raise ValueError(
             f"data images are {data.images.shape[1]} px but config.image_size is "
@@ -256,6 +319,12 @@ def _run_training(
     pixels = pixels_from_uint8(data.images)
     concepts = torch.from_numpy(data.concepts.astype(np.int64))
     lengths = (input_ids != 0).sum(1)
+    patch_labels = None
+    if config.patch_weight > 0:
+        if data.masks is None:
+            raise ValueError("TrainingConfig.patch_weight > 0 needs data generated with masks")
+        grid = model.config.grid_size
+        patch_labels = torch.from_numpy(patch_masks(data.masks, grid))  # (n, 8, gh, gw)
 
     scalars = {"logit_scale", "logit_bias", "concept_logit_scale", "concept_logit_bias"}
     decay = [p for n, p in model.named_parameters() if n not in scalars and p.ndim > 1]
@@ -271,7 +340,7 @@ def _run_training(
     order_rng = np.random.default_rng(config.seed)
     order = order_rng.permutation(len(data))
     cursor = 0
-    history: dict[str, Any] = {"loss": [], "global_loss": [], "local_loss": []}
+    history: dict[str, Any] = {"loss": []}
     model.train()
     for step in tqdm(range(config.steps), disable=not progress, desc="training demo model"):
         if cursor + config.batch_size > len(order):
@@ -280,22 +349,36 @@ def _run_training(
         cursor += config.batch_size
         width = int(lengths[idx].max())
         batch_pixels = pixels[idx]
-        if order_rng.random() < 0.5:  # flips keep every concept and its mask valid
+        flipped = bool(order_rng.random() < 0.5)  # a flip keeps every concept (masks flip too)
+        if flipped:
             batch_pixels = batch_pixels.flip(-1)
         lr = _learning_rate(step, config)
         for group, multiplier in zip(optimiser.param_groups, (1.0, 1.0, config.scalar_lr_multiplier), strict=True):
             group["lr"] = lr * multiplier
-        global_loss, local_loss = batch_losses(
-            model, batch_pixels, input_ids[idx, :width], spans[idx, :, :width], concepts[idx]
+        batch_patches = None
+        if patch_labels is not None:
+            batch_patches = patch_labels[idx]
+            if flipped:
+                batch_patches = batch_patches.flip(-1)
+            batch_patches = batch_patches.flatten(2)
+        losses = batch_losses(
+            model,
+            batch_pixels,
+            input_ids[idx, :width],
+            spans[idx, :, :width],
+            concepts[idx],
+            patch_labels=batch_patches,
         )
-        loss = global_loss + config.local_weight * local_loss
+        loss = losses["global"] + config.local_weight * losses["local"]
+        if batch_patches is not None:
+            loss = loss + config.patch_weight * losses["patch"]
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimiser.step()
         history["loss"].append(float(loss.detach()))
-        history["global_loss"].append(float(global_loss.detach()))
-        history["local_loss"].append(float(local_loss.detach()))
+        for name, value in losses.items():
+            history.setdefault(f"{name}_loss", []).append(float(value.detach()))
     model.eval()
     return model, processor, history
 
@@ -312,6 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, help="JSON file of TrainingConfig fields")
     parser.add_argument("--steps", type=int, help="optimiser steps (default: the config's)")
     parser.add_argument("--n-train", type=int, help="training images (default: the config's)")
+    parser.add_argument("--eval-n", type=int, default=1000, help="held-out evaluation images")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
     fields: dict[str, Any] = {}
@@ -334,9 +418,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     processor.save_pretrained(args.out)
     summary = {k: history[k] for k in ("config", "wall_time_s")}
     summary["final_loss"] = float(np.mean(history["loss"][-50:]))
-    (args.out / "training.json").write_text(json.dumps(summary, indent=2))
-    print(f"saved the demo model to {args.out} ({history['wall_time_s']:.0f} s)")
+    evaluation = finish_model_folder(args.out, model, processor, summary, eval_n=args.eval_n)
+    print(f"saved the demo model to {args.out} ({history['wall_time_s']:.0f} s of training)")
+    failures = evaluation.failures()
+    print("quality bars: " + ("all met" if not failures else "; ".join(failures)))
     return 0
+
+
+def finish_model_folder(
+    folder: Path,
+    model: torch.nn.Module,
+    processor: Any,
+    summary: dict[str, Any],
+    *,
+    eval_n: int = 1000,
+    eval_seed: int = EVALUATION_SEED,
+) -> DemoEvaluation:
+    """Evaluate a trained model on a held-out sample; write ``training.json`` and the card.
+
+    Args:
+        folder: The saved model's folder.
+        model: The trained model; processor: its processor.
+        summary: ``config`` and ``wall_time_s`` of the training (extended and saved).
+        eval_n: Size of the evaluation sample.
+        eval_seed: Its seed (training draws its data with the training seed).
+
+    Returns:
+        The evaluation (max-pooled local scores).
+    """
+    if eval_seed == summary["config"]["seed"]:
+        raise ValueError(f"eval_seed {eval_seed} equals the training seed")
+    evaluation = evaluate_demo_model((model, processor), n=eval_n, seed=eval_seed)
+    mean_pooled = evaluate_demo_model(
+        (model, processor), n=eval_n, seed=eval_seed, local_pooling="mean"
+    )
+    summary["evaluation"] = evaluation.to_dict()
+    summary["evaluation_mean_pooled"] = mean_pooled.to_dict()
+    (folder / "training.json").write_text(json.dumps(summary, indent=2))
+    n_params = sum(p.numel() for p in model.parameters())
+    write_model_card(folder, evaluation, summary, n_params, mean_pooled=mean_pooled)
+    return evaluation
 
 
 if __name__ == "__main__":

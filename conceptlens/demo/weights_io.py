@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +26,28 @@ def load_demo_model(folder: str | Path | None = None) -> tuple[Any, Any]:
     Raises:
         FileNotFoundError: If the folder has no ``config.json`` or ``model.safetensors``.
     """
+    from transformers import BertTokenizer, SiglipImageProcessorPil
+
     from conceptlens.models.reference.modeling_conceptclip import ConceptCLIPModel
     from conceptlens.models.reference.processing_conceptclip import ConceptCLIPProcessor
 
     folder = DEMO_WEIGHTS_DIR if folder is None else Path(folder)
-    for name in ("config.json", "model.safetensors"):
+    for name in ("config.json", "model.safetensors", "processor_config.json", "tokenizer.json"):
         if not (folder / name).is_file():
             raise FileNotFoundError(f"demo model file {folder / name} not found")
     model = ConceptCLIPModel.from_pretrained(folder, use_safetensors=True)
     model.eval()
-    processor = ConceptCLIPProcessor.from_pretrained(folder)
+    # built from its parts: ProcessorMixin.from_pretrained would offer to run the folder's code
+    settings = json.loads((folder / "processor_config.json").read_text())
+    image_settings = {
+        k: v
+        for k, v in settings.get("image_processor", {}).items()
+        if k not in ("auto_map", "image_processor_type", "processor_class")
+    }
+    tokenizer = BertTokenizer.from_pretrained(folder)
+    processor = ConceptCLIPProcessor(
+        SiglipImageProcessorPil(**image_settings),
+        tokenizer,
+        max_length=int(settings.get("max_length", 77)),
+    )
     return model, processor

@@ -75,7 +75,9 @@ def test_masks_mark_exactly_the_pixels_a_concept_changes(data):
 def test_concepts_are_localised(data):
     area = data.masks.mean(axis=(2, 3))  # fraction of the image
     present = data.concepts == 1
-    assert area[present].max() < 0.1
+    assert area[present].max() < 0.15  # streaks fan out along the border; the rest are smaller
+    inner = [0, 1, 2, 4, 5, 6]
+    assert area[:, inner][present[:, inner]].max() < 0.08
     # the criteria other than streaks sit inside the lesion, the ink marking near a corner
     size = data.images.shape[1]
     yy, xx = np.mgrid[:size, :size]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conceptlens.demo import CONCEPT_IDS, generate, load_demo_model
+from conceptlens.demo import CONCEPT_IDS, generate, load_demo_model, patch_masks
 from conceptlens.demo.train import (
     TrainingConfig,
     batch_losses,
@@ -30,6 +30,7 @@ def _config(seed: int = 0, steps: int = 3) -> TrainingConfig:
         warmup_steps=1,
         vision_config=dict(SMALL),
         text_config=dict(SMALL),
+        patch_weight=0.0,
     )
 
 
@@ -73,9 +74,13 @@ def test_mention_spans_cover_the_mentioned_words(data):
 
     tokenizer = build_tokenizer(_tokenizer_words())
     ids, spans = encode_captions(tokenizer, data.captions, data.mentions)
-    assert spans.shape == (32, len(CONCEPT_IDS), ids.shape[1])
+    assert spans.shape == (32, len(CONCEPT_IDS) + 1, ids.shape[1])
     for i, mentions in enumerate(data.mentions):
-        assert sorted(spans[i].any(-1).nonzero().flatten().tolist()) == sorted(k for k, _, _ in mentions)
+        named = spans[i, :-1].any(-1).nonzero().flatten().tolist()
+        assert sorted(named) == sorted(k for k, _, _ in mentions)
+        modality_words = tokenizer.decode(ids[i][spans[i, -1]]).split()
+        assert set(modality_words) <= {"dermatoscopy", "dermoscopy", "dermoscopic"}
+        assert bool(modality_words) == any(w in data.captions[i].lower() for w in ("dermatoscopy", "dermoscopy", "dermoscopic"))
         for k, start, end in mentions:
             words = tokenizer.decode(ids[i][spans[i, k]])
             assert words.replace(" ", "") == data.captions[i][start:end].lower().replace(" ", "")
@@ -90,9 +95,27 @@ def test_local_loss_prefers_true_concept_labels(data):
     pixels = pixels_from_uint8(data.images)
     concepts = torch.from_numpy(data.concepts)
     with torch.no_grad():
-        _, true_local = batch_losses(model, pixels, ids, spans, concepts)
-        _, wrong_local = batch_losses(model, pixels, ids, spans, 1 - concepts)
-    assert true_local < wrong_local
+        true = batch_losses(model, pixels, ids, spans, concepts)
+        wrong = batch_losses(model, pixels, ids, spans, 1 - concepts)
+    assert true["local"] < wrong["local"]
+    assert set(true) == {"global", "local"}
+
+
+def test_patch_loss_uses_the_masks():
+    data = generate(32, seed=0)
+    config = _config(steps=4)
+    config.patch_weight = 0.5
+    model, processor, history = train_demo_model(config, data=data, progress=False)
+    assert len(history["patch_loss"]) == 4 and np.isfinite(history["patch_loss"]).all()
+    ids, spans = encode_captions(processor.tokenizer, data.captions, data.mentions)
+    labels = torch.from_numpy(patch_masks(data.masks, (8, 8))).flatten(2)
+    args = (model, pixels_from_uint8(data.images), ids, spans, torch.from_numpy(data.concepts))
+    with torch.no_grad():
+        right = batch_losses(*args, patch_labels=labels)["patch"]
+        shuffled = batch_losses(*args, patch_labels=labels.roll(3, dims=-1))["patch"]
+    assert torch.isfinite(right) and right != shuffled
+    with pytest.raises(ValueError, match="needs data generated with masks"):
+        train_demo_model(config, data=generate(32, seed=0, masks=False), progress=False)
 
 
 def test_bad_settings_and_data_raise(data):
@@ -110,10 +133,13 @@ def test_command_line_writes_a_loadable_folder(tmp_path):
     settings = asdict(_config(steps=5))
     (tmp_path / "config.json").write_text(json.dumps(settings))
     out = tmp_path / "model"
-    args = ["--out", str(out), "--config", str(tmp_path / "config.json"), "--seed", "3", "--steps", "2"]
+    args = ["--out", str(out), "--config", str(tmp_path / "config.json"), "--seed", "3", "--steps", "2", "--eval-n", "40"]
     assert main([*args, "--no-progress"]) == 0
     summary = json.loads((out / "training.json").read_text())
     assert summary["config"]["seed"] == 3 and summary["config"]["steps"] == 2
+    assert set(summary["evaluation"]["concept_auc"]) == set(CONCEPT_IDS)
+    card = (out / "README.md").read_text()
+    assert "not for clinical use" in card and "synthetic" in card
     model, processor = load_demo_model(out)
     assert model.config.vision_config.hidden_size == 16
     assert processor(text=["irregular streaks"])["input_ids"].shape[1] == 77
@@ -128,3 +154,17 @@ def test_command_line_rejects_unknown_config_fields(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"stepz": 3}))
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path / "m"), "--config", str(tmp_path / "config.json")])
+
+
+def test_a_caption_matches_images_that_show_all_it_names():
+    from conceptlens.demo.train import caption_matches
+
+    concepts = torch.zeros(3, 8, dtype=torch.long)
+    concepts[0, 0] = 1  # image 0: network
+    concepts[1, :2] = 1  # image 1: network + veil; image 2: nothing
+    spans = torch.zeros(3, 9, 5, dtype=torch.bool)
+    spans[0, 0, 1] = True  # caption 0 names network
+    spans[1, 0, 1] = spans[1, 1, 3] = True  # caption 1 names network and veil
+    spans[2, 8, 1] = True  # caption 2 names only the modality ("This is dermatoscopy.")
+    expected = torch.tensor([[1, 0, 1], [1, 1, 1], [0, 0, 1]], dtype=torch.bool)
+    assert torch.equal(caption_matches(concepts, spans), expected)
