@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-
-log = logging.getLogger("conceptlens")
 
 __all__ = [
     "run_audit",
@@ -86,6 +84,24 @@ def _column_for(frame: pd.DataFrame, path: str, column: str, index: pd.Index) ->
     return series.loc[list(index)]
 
 
+def _image_sources(items: list[str]) -> Any:
+    """One folder / manifest / file is passed through; several are expanded into file paths."""
+    if len(items) == 1:
+        return items[0]
+    from conceptlens.vocab.sources import iter_image_sources
+
+    paths: list[str] = []
+    for item in items:
+        path = Path(item)
+        if path.suffix.lower() in {".csv", ".tsv"}:
+            raise ValueError(f"{item}: pass a CSV manifest on its own, not with other images")
+        if path.is_dir():
+            paths.extend(source.image_id for source in iter_image_sources(path))
+        else:
+            paths.append(item)
+    return paths
+
+
 def _load_scores(path: str):
     from conceptlens.vocab import ConceptScores
 
@@ -94,7 +110,7 @@ def _load_scores(path: str):
 
 def _report_errors(errors: pd.DataFrame) -> None:
     for row in errors.itertuples(index=False):
-        log.error("skipped %s: %s", row.image, row.reason)
+        print(f"conceptlens: skipped {row.image}: {row.reason}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------- score
@@ -104,7 +120,7 @@ def run_score(args: argparse.Namespace) -> None:
         raise ValueError(f"--out {out} must end in .parquet or .csv")
     backbone = _backbone(args)
     vocabulary = _vocabulary(args.vocab, args.model)
-    scores = _scorer(args, backbone, vocabulary).score(args.images)
+    scores = _scorer(args, backbone, vocabulary).score(_image_sources(args.images))
     _report_errors(scores.errors)
     if len(scores) == 0:
         raise ValueError("no image could be scored (see the errors above)")
@@ -144,7 +160,7 @@ def run_explain(args: argparse.Namespace) -> None:
         from conceptlens.concepts import load_bottleneck
 
         bottleneck = load_bottleneck(args.bottleneck)
-    report, errors = explain_images(scorer, args.images, bottleneck=bottleneck, method=args.method,
+    report, errors = explain_images(scorer, _image_sources(args.images), bottleneck=bottleneck, method=args.method,
                                     top_k=args.top_k, n_steps=args.n_steps, notice=model_notice(backbone))
     _report_errors(errors)
     html_path, json_path = report.save(args.out, args.name)

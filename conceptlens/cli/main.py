@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import traceback
 from collections.abc import Sequence
@@ -136,6 +135,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_libraries() -> None:
+    """Silence third-party progress bars and info logs (``--quiet``)."""
+    import os
+
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (also used by the console script)."""
     parser = build_parser()
@@ -143,8 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: 0 for --help/--version, 2 for usage errors
         return int(exc.code or 0)
-    logging.basicConfig(level=logging.ERROR if getattr(args, "quiet", False) else logging.INFO,
-                        format="%(message)s")
+    if getattr(args, "quiet", False):
+        _quiet_libraries()
     from conceptlens.cli import commands
 
     handler = getattr(commands, f"run_{args.handler}")

@@ -46,6 +46,9 @@ def to_json_value(value: Any, *, what: str) -> Any:
     if isinstance(value, np.bool_):
         return bool(value)
     if isinstance(value, np.ndarray):
+        if value.dtype.kind == "O" and all(isinstance(v, str) for v in value.ravel()):
+            # labels read by pandas arrive as object arrays of str; keep them object on load
+            return {"__ndarray__": value.tolist(), "dtype": value.dtype.str}
         if value.dtype.kind not in "biufU":
             raise TypeError(f"cannot save {what}: array of dtype {value.dtype}")
         return {"__ndarray__": value.tolist(), "dtype": value.dtype.str}

@@ -85,3 +85,17 @@ def test_unserialisable_parameter_is_a_clear_error(multiclass_rule, tmp_path):
     model = SparseLinearBottleneck(Cs=3, cv=None, random_state=np.random.RandomState(0)).fit(X, y)
     with pytest.raises(TypeError, match="RandomState"):
         model.save(tmp_path / "m")
+
+
+def test_object_string_labels_round_trip(tmp_path):
+    import numpy as np
+
+    from conceptlens.concepts import SparseLinearBottleneck, load_bottleneck
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 4))
+    y = np.where(X[:, 0] > 0, "melanoma", "benign").astype(object)
+    model = SparseLinearBottleneck(Cs=4, cv=None).fit(X, y)
+    loaded = load_bottleneck(model.save(tmp_path / "m"))
+    assert loaded.classes_.dtype == object and list(loaded.classes_) == ["benign", "melanoma"]
+    assert (loaded.predict(X) == model.predict(X)).all()
