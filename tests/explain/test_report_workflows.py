@@ -1,0 +1,119 @@
+"""Explanation and audit reports built from real results, checked in a headless browser."""
+
+import dataclasses
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conceptlens.concepts import SparseLinearBottleneck, audit
+from conceptlens.demo import generate
+from conceptlens.explain.report import audit_report, explain_images, model_notice
+from conceptlens.models import load_backbone
+from conceptlens.vocab import ConceptScorer, ConceptScores, ConceptVocabulary
+from tests.browser import inspect_page, require_browser
+
+XSS = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2">veil'
+
+
+@pytest.fixture(scope="module")
+def demo_setup():
+    backbone = load_backbone("demo", device="cpu")
+    base = ConceptVocabulary.builtin("demo")
+    concepts = [dataclasses.replace(c, name=XSS) if c.id == "derm7pt:blue_whitish_veil" else c
+                for c in base if not c.id.startswith("artifact:")]
+    vocabulary = ConceptVocabulary(concepts, name="xss-demo", modality=base.modality)
+    scorer = ConceptScorer(backbone, vocabulary, mode="combined", calibration="sigmoid", progress=False)
+    data = generate(80, seed=99, size=backbone.image_size[0])
+    images = {f"img_{i:02d}.png": im for i, im in enumerate(data.images)}
+    scores = scorer.score(images)
+    diagnosis = np.where(data.diagnoses == 1, "melanoma", "benign")
+    bottleneck = SparseLinearBottleneck(cv=3).fit(scores, diagnosis)
+    return backbone, scorer, images, scores, diagnosis, bottleneck, data
+
+
+@pytest.fixture(scope="module")
+def explanation(demo_setup, tmp_path_factory):
+    backbone, scorer, images, _, _, bottleneck, _ = demo_setup
+    chosen = {k: images[k] for k in list(images)[:2]}
+    report, errors = explain_images(scorer, chosen, bottleneck=bottleneck, method="integrated_gradients",
+                                    n_steps=8, notice=model_notice(backbone))
+    out = tmp_path_factory.mktemp("explanation")
+    html_path, json_path = report.save(out, "explanation")
+    return html_path, json_path, errors
+
+
+def test_explanation_report_contents(explanation, demo_setup):
+    html_path, json_path, errors = explanation
+    assert errors.empty
+    data = json.loads(json_path.read_text())
+    page = html_path.read_text()
+    assert "not for clinical use" in (data["notice"] or "").lower()
+    titles = [s["title"] for s in data["sections"]]
+    for suffix in ("concepts", "concept table", "concept maps", "attribution"):
+        assert any(t.endswith(suffix) for t in titles), suffix
+    # every contribution in the JSON is shown on the page, and they add up to the decision value
+    for section in data["sections"]:
+        if section["title"].endswith("concept table"):
+            for row in section["rows"]:
+                assert f"{row['contribution']:.3f}" in page or f"{row['contribution']:.3g}" in page
+    summaries = [s["facts"] for s in data["sections"] if s["kind"] == "facts" and "decision value" in s["facts"]]
+    assert len(summaries) == 2
+    for facts in summaries:
+        table = next(s for s in data["sections"] if s["title"] == f"{facts['image']}: concept table")
+        total = facts["intercept"] + sum(r["contribution"] for r in table["rows"])
+        assert total == pytest.approx(facts["decision value"], abs=1e-6)
+        assert 0.5 <= facts["confidence"] <= 1.0
+
+
+def test_explanation_report_in_browser(explanation, tmp_path):
+    require_browser()
+    html_path, _, _ = explanation
+    result = inspect_page(html_path, tmp_path / "explanation.png")
+    assert result["errors"] == []
+    assert len(result["widths"]) >= 4 and all(w > 0 for w in result["widths"])
+    assert result["pwned"] is None and result["n_scripts"] == 0
+    assert "<script>window.__pwned=1</script>" in result["text"]
+    assert (tmp_path / "explanation.png").stat().st_size > 10_000
+
+
+def test_audit_report_in_browser(demo_setup, tmp_path):
+    require_browser()
+    _, _, images, scores, diagnosis, bottleneck, data = demo_setup
+    decisions = np.where(data.concepts[:, -1] == 1, "melanoma", "benign")  # copies the ink marking
+    result = audit(scores, decisions, diagnosis)
+    report = audit_report(result, scores=scores, decisions=decisions, labels=diagnosis,
+                          weights=bottleneck.coef_frame(), images=images)
+    html_path, json_path = report.save(tmp_path, "audit")
+    page = inspect_page(html_path, tmp_path / "audit.png")
+    assert page["errors"] == [] and page["pwned"] is None
+    assert page["widths"] and all(w > 0 for w in page["widths"])
+    assert "<script>window.__pwned=1</script>" in page["text"]
+    payload = json.loads(json_path.read_text())
+    prevalence = next(s for s in payload["sections"] if s["title"] == "Concept prevalence by decision")
+    shown = re.findall(r"<td>(\d+\.\d{3})</td>", html_path.read_text())
+    for row in prevalence["rows"]:
+        for key, value in row.items():
+            if key != "concept":
+                assert f"{value:.3f}" in shown
+
+
+def test_audit_report_for_2000_images_stays_small(tmp_path):
+    data = generate(2000, seed=5, size=64, artifact_correlation=0.6)
+    rng = np.random.default_rng(0)
+    ids = [f"case_{i:04d}.png" for i in range(2000)]
+    table = pd.DataFrame(np.clip(data.concepts + rng.normal(0, 0.3, data.concepts.shape), 0, 1),
+                         index=ids, columns=data.concept_ids)
+    scores = ConceptScores(table, concept_names={c: c.split(":")[1] for c in data.concept_ids})
+    diagnosis = np.where(data.diagnoses == 1, "melanoma", "benign")
+    decisions = np.where(rng.random(2000) < 0.9, diagnosis, np.where(diagnosis == "melanoma", "benign", "melanoma"))
+    result = audit(scores, decisions, diagnosis, irrelevant_concepts=["artifact:ink_marking"])
+    report = audit_report(result, scores=scores, decisions=decisions, labels=diagnosis,
+                          images=dict(zip(ids, data.images, strict=True)))
+    html_path, json_path = report.save(tmp_path, "audit")
+    assert html_path.stat().st_size < 10 * 2**20
+    assert json_path.stat().st_size < 10 * 2**20
+    gallery = next(s for s in json.loads(json_path.read_text())["sections"] if s["kind"] == "gallery")
+    assert 0 < len(gallery["items"]) <= 24
