@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from typing import Any
@@ -117,6 +118,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "speedup": round(base_s / fast_s, 2),
             "max_abs_diff": float(np.abs(scores.to_numpy() - base).max()),
         })
+        print(f"done: {rows[-1]}", file=sys.stderr, flush=True)
 
     n = max(args.concepts)
     with tempfile.TemporaryDirectory() as folder:

@@ -24,7 +24,7 @@ For an image with global embedding ``g`` (normalised) and patch tokens ``p_i``
   for ``text_token="span"`` the reference token vector is the mean over all the reference
   sentence's non-special tokens.
 
-the cosines are ``c_g = g.t`` and ``c_i = p_i.u``, the local cosine is aggregated over the
+The cosines are ``c_g = g.t`` and ``c_i = p_i.u``, the local cosine is aggregated over the
 patches, ``A(c)`` = mean, max or mean of the ``top_k`` largest, and then calibrated:
 
 =================  ============================================  ==============================================
