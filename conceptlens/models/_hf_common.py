@@ -46,29 +46,6 @@ __all__ = [
     "tokenize_with_offsets",
 ]
 
-_DTYPE_ALIASES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
-}
-
-
-
-
-
-
-
-
-
-
-
-
-
 def _is_single_image(images: Any) -> bool:
     if isinstance(images, (str, os.PathLike, Image.Image)):
         return True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -168,3 +169,12 @@ def test_a_caption_matches_images_that_show_all_it_names():
     spans[2, 8, 1] = True  # caption 2 names only the modality ("This is dermatoscopy.")
     expected = torch.tensor([[1, 0, 1], [1, 1, 1], [0, 0, 1]], dtype=torch.bool)
     assert torch.equal(caption_matches(concepts, spans), expected)
+
+
+def test_shipped_remote_code_matches_the_package():
+    """The demo folder's modeling/config/processing files are the reference model's own."""
+    from conceptlens.demo import DEMO_WEIGHTS_DIR
+
+    reference = Path(__file__).resolve().parents[2] / "conceptlens" / "models" / "reference"
+    for name in ("configuration_conceptclip.py", "modeling_conceptclip.py", "processing_conceptclip.py"):
+        assert (DEMO_WEIGHTS_DIR / name).read_bytes() == (reference / name).read_bytes(), name
