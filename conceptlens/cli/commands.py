@@ -115,6 +115,7 @@ def _report_errors(errors: pd.DataFrame) -> None:
 
 # ---------------------------------------------------------------------------- score
 def run_score(args: argparse.Namespace) -> None:
+    """Score images against a vocabulary and write a parquet / CSV score table (``score``)."""
     out = Path(args.out)
     if out.suffix not in {".parquet", ".csv"}:
         raise ValueError(f"--out {out} must end in .parquet or .csv")
@@ -133,6 +134,7 @@ def run_score(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------------------- fit
 def run_fit(args: argparse.Namespace) -> None:
+    """Fit a concept bottleneck on a score table and labels and save it (``fit``)."""
     from conceptlens.concepts import AssociationBottleneck, SparseLinearBottleneck
 
     scores = _load_scores(args.scores)
@@ -150,6 +152,7 @@ def run_fit(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------------------- explain
 def run_explain(args: argparse.Namespace) -> None:
+    """Explain images and write ``NAME.html`` + ``NAME.json`` into ``--out`` (``explain``)."""
     from conceptlens.explain.report.workflows import explain_images, model_notice
 
     backbone = _backbone(args)
@@ -170,6 +173,7 @@ def run_explain(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------------------- audit
 def run_audit(args: argparse.Namespace) -> None:
+    """Audit a decision-maker and write ``NAME.html`` + ``NAME.json`` into ``--out`` (``audit``)."""
     from conceptlens.concepts import audit
     from conceptlens.explain.report import audit_report
     from conceptlens.vocab import evaluate_annotation
@@ -204,6 +208,7 @@ def run_audit(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------------------- vocab
 def run_vocab_list(args: argparse.Namespace) -> None:
+    """Print the built-in vocabularies (``vocab list``)."""
     from conceptlens.vocab import ConceptVocabulary
 
     for name in ConceptVocabulary.builtin_names():
@@ -212,6 +217,7 @@ def run_vocab_list(args: argparse.Namespace) -> None:
 
 
 def run_vocab_show(args: argparse.Namespace) -> None:
+    """Print a vocabulary's concepts (``vocab show``)."""
     vocab = _vocabulary(args.vocabulary)
     print(f"{vocab.name}: {len(vocab)} concepts, hash {vocab.hash}")
     for concept in vocab:
@@ -220,6 +226,7 @@ def run_vocab_show(args: argparse.Namespace) -> None:
 
 
 def run_vocab_validate(args: argparse.Namespace) -> None:
+    """Check a vocabulary file; a problem raises an error naming it (``vocab validate``)."""
     from conceptlens.vocab import ConceptVocabulary
 
     vocab = ConceptVocabulary.from_file(args.vocabulary)
@@ -227,6 +234,7 @@ def run_vocab_validate(args: argparse.Namespace) -> None:
 
 
 def run_vocab_convert(args: argparse.Namespace) -> None:
+    """Convert a vocabulary to the format of the target file's suffix (``vocab convert``)."""
     vocab = _vocabulary(args.source)
     path = vocab.to_file(args.target)
     print(f"wrote {len(vocab)} concepts -> {path or args.target}")
@@ -234,6 +242,7 @@ def run_vocab_convert(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------------------- demo
 def run_demo(args: argparse.Namespace) -> None:
+    """Run the whole chain on the demo model and print the headline numbers (``demo``)."""
     from conceptlens.cli.demo import run_demo as demo
 
     summary = demo(args.out, n=args.n, n_explain=args.n_explain, seed=args.seed,

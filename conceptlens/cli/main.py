@@ -14,10 +14,6 @@ __all__ = ["build_parser", "main"]
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 
-class CLIError(Exception):
-    """An error the command line reports as one line and exit code 1."""
-
-
 def _common(parser: argparse.ArgumentParser, *, model: bool = True, out_help: str = "output folder") -> None:
     group = parser.add_argument_group("common options")
     if model:
@@ -54,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files, folders, or CSV manifests")
     p.add_argument("--mode", default="combined", choices=["global", "local", "combined"])
     p.add_argument("--alpha", type=float, default=0.5, help="weight of the global score in combined mode")
-    p.add_argument("--calibration", default="paired_softmax", choices=["cosine", "sigmoid", "paired_softmax"])
+    p.add_argument("--calibration", default="sigmoid", choices=["cosine", "sigmoid", "paired_softmax"],
+                   help="cosine: raw similarity; sigmoid: the model's own scale and bias (default); "
+                        "paired_softmax: against the reference prompt (the authors' recipe)")
     p.add_argument("--aggregation", default="mean", choices=["mean", "max", "topk"],
                    help="how patch scores become one local score")
     p.add_argument("--preset", default=None, choices=["derm7pt"],

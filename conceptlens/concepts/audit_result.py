@@ -71,7 +71,8 @@ class AuditResult:
     @property
     def fidelity(self) -> float:
         """Held-out agreement of the surrogate with the decisions (NaN without a held-out set)."""
-        return float(self.summary.get("fidelity", float("nan")) or float("nan"))
+        value = self.summary.get("fidelity")
+        return float("nan") if value is None else float(value)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict: ``summary`` plus every table as a list of records (NaN -> None)."""

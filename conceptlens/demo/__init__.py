@@ -10,6 +10,8 @@
   ``conceptlens.models.load_backbone("demo")``.
 """
 
+from typing import Any
+
 from conceptlens.demo.evaluate import (
     PROMPT_TEMPLATE,
     QUALITY_BARS,
@@ -56,7 +58,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):  # training pulls in the optimiser code only when asked for
+def __getattr__(name: str) -> Any:  # training pulls in the optimiser code only when asked for
     if name in ("train_demo_model", "TrainingConfig"):
         from conceptlens.demo import train
 

@@ -115,5 +115,5 @@ def write_model_card(
         mean_auc=mean_auc,
     )
     path = Path(folder) / "README.md"
-    path.write_text(text)
+    path.write_text(text, encoding="utf-8")
     return path

@@ -42,6 +42,7 @@ from conceptlens.demo.generator import (
 )
 
 __all__ = [
+    "MAJOR_CRITERIA",
     "DemoEvaluation",
     "QUALITY_BARS",
     "REFERENCE_PROMPT",
@@ -60,6 +61,7 @@ QUALITY_BARS: dict[str, float] = {"auc": 0.90, "pointing_game": 0.80, "diagnosis
 """Minimum per-criterion ROC-AUC, per-criterion pointing-game hit rate and bottleneck accuracy."""
 
 MAJOR_CRITERIA: tuple[str, ...] = CRITERIA_IDS[:3]
+"""The three major criteria (2 points each), which should carry the largest bottleneck weights."""
 _EPS = 1e-6  # scores are clipped to [eps, 1 - eps] before taking log-odds
 
 

@@ -273,8 +273,13 @@ def patch_masks(masks: np.ndarray, grid_size: tuple[int, int], min_fraction: flo
 
 
 def _concept_prob_vector(concept_prob: float | Sequence[float]) -> np.ndarray:
-    probs = np.broadcast_to(np.asarray(concept_prob, dtype=np.float64), (7,)).copy()
-    if np.any((probs < 0) | (probs > 1)):
+    given = np.asarray(concept_prob, dtype=np.float64)
+    if given.ndim > 1 or given.size not in (1, 7):
+        raise ValueError(
+            f"concept_prob must be a scalar or 7 values (one per criterion), got shape {given.shape}"
+        )
+    probs = np.broadcast_to(given.reshape(-1), (7,)).copy()
+    if not np.all((probs >= 0) & (probs <= 1)):  # also rejects NaN
         raise ValueError(f"concept_prob must lie in [0, 1], got {concept_prob!r}")
     return probs
 

@@ -402,7 +402,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.config is not None:
         if not args.config.is_file():
             parser.error(f"config file {args.config} not found")
-        fields = json.loads(args.config.read_text())
+        try:
+            fields = json.loads(args.config.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            parser.error(f"config file {args.config} is not readable JSON ({exc})")
+        if not isinstance(fields, dict):
+            parser.error(f"config file {args.config} must hold a JSON object of fields")
         unknown = set(fields) - set(TrainingConfig.__dataclass_fields__)
         if unknown:
             parser.error(f"unknown TrainingConfig fields in {args.config}: {sorted(unknown)}")
@@ -454,7 +459,7 @@ def finish_model_folder(
     )
     summary["evaluation"] = evaluation.to_dict()
     summary["evaluation_mean_pooled"] = mean_pooled.to_dict()
-    (folder / "training.json").write_text(json.dumps(summary, indent=2))
+    (folder / "training.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     n_params = sum(p.numel() for p in model.parameters())
     write_model_card(folder, evaluation, summary, n_params, mean_pooled=mean_pooled)
     return evaluation

@@ -38,7 +38,7 @@ def load_demo_model(folder: str | Path | None = None) -> tuple[Any, Any]:
     model = ConceptCLIPModel.from_pretrained(folder, use_safetensors=True)
     model.eval()
     # built from its parts: ProcessorMixin.from_pretrained would offer to run the folder's code
-    settings = json.loads((folder / "processor_config.json").read_text())
+    settings = json.loads((folder / "processor_config.json").read_text(encoding="utf-8"))
     image_settings = {
         k: v
         for k, v in settings.get("image_processor", {}).items()

@@ -169,6 +169,10 @@ class ClassTarget(Target):
                 raise TargetError(f"bottleneck {type(bottleneck).__name__} is not fitted (no {attribute})")
         classes = [_plain(c) for c in bottleneck.classes_]
         label = _plain(self.label)
+        if label not in classes and isinstance(label, str):
+            # "class:1" shorthand for integer labels: match the label's text exactly once
+            same_text = [c for c in classes if str(c) == label]
+            label = same_text[0] if len(same_text) == 1 else label
         if label not in classes:
             raise UnknownClassError(f"class {self.label!r} is not known to the bottleneck; classes are {classes}")
         coef = np.atleast_2d(np.asarray(bottleneck.coef_, dtype=np.float64))

@@ -430,7 +430,7 @@ class HFDualEncoderBackbone(Backbone):
         Returns:
             :class:`TextFeatures`; ``token_embeds`` are ``(N, text_length, D)``.
         """
-        texts = list(texts)
+        texts = [texts] if isinstance(texts, str) else list(texts)
         input_ids, attention_mask, offsets = tokenize_with_offsets(
             self.tokenizer, texts, self.text_length
         )

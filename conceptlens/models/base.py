@@ -152,14 +152,25 @@ class Backbone(ABC):
 
         Args:
             pixel_values: ``(B, 3, H, W)`` as returned by :meth:`preprocess`.
+
+        Raises:
+            TypeError: ``pixel_values`` is not a tensor.
         """
+        if not isinstance(pixel_values, torch.Tensor):
+            raise TypeError(
+                f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}; "
+                "use backbone.preprocess(images) first"
+            )
         pixel_values = pixel_values.to(device=self.device, dtype=self.dtype)
         return self.forward_images(pixel_values)
 
     @torch.no_grad()
     def encode_texts(self, texts: Sequence[str]) -> TextFeatures:
-        """Encode texts without building a graph; see :meth:`forward_texts`."""
-        return self.forward_texts(list(texts))
+        """Encode texts without building a graph; see :meth:`forward_texts`.
+
+        A single string is one text (not a sequence of one-character texts).
+        """
+        return self.forward_texts([texts] if isinstance(texts, str) else list(texts))
 
     def token_layers(self) -> list[nn.Module]:
         """The vision transformer's blocks, first to last, for Grad-CAM style methods.

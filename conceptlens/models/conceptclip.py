@@ -229,14 +229,19 @@ class ConceptCLIPBackbone(Backbone):
         :attr:`image_size`, bicubic, mean = std = 0.5).
 
         Args:
-            images: One image or a sequence of images.
+            images: One image or a sequence of images; a 4-D array or tensor is a batch
+                ``(B, ...)`` of images.
 
         Returns:
             ``(B, 3, H, W)`` float32 pixel values on the CPU.
         """
+        import numpy as np
+
         from conceptlens.models.images import LoadedImage, load_image
 
-        if isinstance(images, (str, os.PathLike, LoadedImage)) or not isinstance(
+        if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
+            images = list(images)
+        elif isinstance(images, (str, os.PathLike, LoadedImage)) or not isinstance(
             images, Sequence
         ):
             images = [images]

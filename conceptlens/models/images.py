@@ -48,6 +48,7 @@ __all__ = [
     "ImageNotFoundError",
     "LoadedImage",
     "grid_coverage",
+    "has_dicom_magic",
     "is_image_file",
     "load_image",
     "resize_map_to_original",

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 import zipfile
 from collections.abc import Iterator
@@ -36,6 +37,7 @@ from conceptlens.models.base import BackboneIdentity
 __all__ = ["CachedFeatures", "FeatureCache", "image_content_hash"]
 
 _SUFFIX = ".npz"
+_KEY_PATTERN = re.compile(r"[0-9a-f]{64}")
 _FORMAT_VERSION = 1
 
 
@@ -112,7 +114,14 @@ class FeatureCache:
         return hashlib.sha256(payload.encode()).hexdigest()
 
     def path_for(self, key: str) -> Path:
-        """File that holds (or would hold) entry ``key``."""
+        """File that holds (or would hold) entry ``key``.
+
+        Raises:
+            ValueError: ``key`` is not 64 lower-case hex digits (as :meth:`key` returns), so
+                that no key can name a file outside the cache folder.
+        """
+        if not isinstance(key, str) or not _KEY_PATTERN.fullmatch(key):
+            raise ValueError(f"cache key must be 64 lower-case hex digits (from FeatureCache.key), got {key!r}")
         return self.directory / key[:2] / f"{key}{_SUFFIX}"
 
     # -- access -----------------------------------------------------------------------------
@@ -186,7 +195,7 @@ class FeatureCache:
             self.evict(self.max_bytes)
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and self.path_for(key).is_file()
+        return isinstance(key, str) and bool(_KEY_PATTERN.fullmatch(key)) and self.path_for(key).is_file()
 
     def __len__(self) -> int:
         return sum(1 for _ in self._entries())

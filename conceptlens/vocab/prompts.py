@@ -230,7 +230,9 @@ class ConceptPrompt:
         concept_id: The concept this prompt describes.
         text: The full prompt.
         span: ``[start, end)`` character offsets of the concept mention in ``text``.
-        reference: The same sentence without the concept (for paired calibration).
+        reference: The same sentence without the concept (for paired calibration); empty
+            when nothing is left (an override prompt that is just the term), in which case
+            ``calibration="paired_softmax"`` refuses the concept.
         template: ``text`` with the mention replaced by ``{concept}``.
     """
 
@@ -277,7 +279,7 @@ def _override_prompts(concept: Concept, terms: Sequence[str]) -> list[ConceptPro
                 concept_id=concept.id,
                 text=text,
                 span=span,
-                reference=reference_from(text, start, end) or text,
+                reference=reference_from(text, start, end),
                 template=text[:start] + PLACEHOLDER + text[end:],
             )
         )

@@ -574,9 +574,13 @@ class ConceptScorer:
     def text_bank(self) -> TextBank:
         """Ensembled text vectors of the vocabulary (computed once, then memoised)."""
         memo = _TEXT_MEMO.setdefault(self.backbone, {})
-        key = f"{self.backbone.identity.key}|{self.vocabulary.hash}|{self.config.prompt_key()}"
+        # The vocabulary hash ignores its modality, which picks the default templates.
+        modality = getattr(self.vocabulary, "modality", "")
+        key = f"{self.backbone.identity.key}|{self.vocabulary.hash}|{modality}|{self.config.prompt_key()}"
         bank = memo.get(key)
-        if bank is None:
+        if bank is None or (self.config.calibration == "paired_softmax" and bank.reference_global is None):
+            # A bank memoised for another calibration may lack references; rebuilding raises
+            # the clear error naming the concept without one.
             bank = self._build_text_bank()
             memo[key] = bank
         return bank

@@ -57,6 +57,7 @@ class ConceptScores:
 
     @property
     def shape(self) -> tuple[int, int]:
+        """``(n_images, n_concepts)`` of :attr:`table`."""
         return self.table.shape
 
     def __len__(self) -> int:

@@ -50,6 +50,10 @@ def test_contributions_sum_exactly_to_decision(binary_rule, multiclass_rule):
             np.testing.assert_allclose(rebuilt, expected, rtol=1e-10, atol=1e-10)
         np.testing.assert_array_equal(model.contributions(X, reference="zero").intercept,
                                       model.intercept_)
+        # coef_ / intercept_ in original units are the selected standardised fit, unfolded
+        Z = (np.asarray(X, dtype=float) - model.mean_) / model.scale_
+        d_std = Z @ model.coef_path_[model.best_index_].T + model.intercept_path_[model.best_index_]
+        np.testing.assert_allclose(d_std, expected, rtol=1e-9, atol=1e-9)
 
 
 def test_coef_units_and_frame(binary_rule):

@@ -127,6 +127,8 @@ def test_any_image_size(size):
         ({"n": -1}, "n must be"),
         ({"n": 2, "size": 8}, "size must be"),
         ({"n": 2, "concept_prob": 1.5}, "concept_prob"),
+        ({"n": 2, "concept_prob": float("nan")}, r"concept_prob must lie in \[0, 1\]"),
+        ({"n": 2, "concept_prob": [0.3] * 8}, "scalar or 7 values"),
         ({"n": 2, "artifact_correlation": 2.0}, "artifact_correlation"),
         ({"n": 2, "concepts": np.zeros((2, 7))}, r"concepts must have shape \(2, 8\)"),
         ({"n": 2, "concepts": np.full((2, 8), 2)}, "only 0 and 1"),

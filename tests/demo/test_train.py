@@ -151,10 +151,21 @@ def test_load_demo_model_missing_folder(tmp_path):
         load_demo_model(tmp_path)
 
 
-def test_command_line_rejects_unknown_config_fields(tmp_path):
+def test_command_line_rejects_unknown_config_fields(tmp_path, capsys):
     (tmp_path / "config.json").write_text(json.dumps({"stepz": 3}))
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as info:
         main(["--out", str(tmp_path / "m"), "--config", str(tmp_path / "config.json")])
+    assert info.value.code == 2
+    assert "unknown TrainingConfig fields" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+
+
+def test_command_line_rejects_a_config_that_is_not_json(tmp_path, capsys):
+    (tmp_path / "config.json").write_text("steps: 3")
+    with pytest.raises(SystemExit) as info:
+        main(["--out", str(tmp_path / "m"), "--config", str(tmp_path / "config.json")])
+    assert info.value.code == 2
+    assert "is not readable JSON" in capsys.readouterr().err
 
 
 def test_a_caption_matches_images_that_show_all_it_names():

@@ -131,6 +131,15 @@ def test_similarity_measures():
         ssim(a, b[:8])
 
 
+def test_ssim_of_constant_maps_is_the_luminance_term():
+    # no variance: SSIM = (2 mu_x mu_y + C1) / (mu_x^2 + mu_y^2 + C1) with C1 = (0.01 L)^2
+    a, b = np.full((12, 12), 0.2), np.full((12, 12), 0.6)
+    c1 = (0.01 * 0.4) ** 2
+    expected = (2 * 0.2 * 0.6 + c1) / (0.2**2 + 0.6**2 + c1)
+    assert ssim(a, b, normalise=False) == pytest.approx(expected, rel=1e-9)
+    assert ssim(a, 1.0 - a) == pytest.approx(1.0)  # both normalise to zeros
+
+
 class _Net(nn.Module):
     def __init__(self):
         super().__init__()

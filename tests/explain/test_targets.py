@@ -51,6 +51,20 @@ def test_shorthand_rules():
         resolve_target(3)
 
 
+def test_class_shorthand_matches_integer_labels():
+    class _IntBinary(_Binary):
+        classes_ = np.array([0, 1])
+
+    _, weights, bias = ClassTarget("1").linear_map(_Scorer(), _IntBinary())
+    np.testing.assert_array_equal(weights, [0.0, 2.0, -1.0])
+    assert bias == 0.5
+    _, weights, bias = resolve_target("class:0").linear_map(_Scorer(), _IntBinary())
+    np.testing.assert_array_equal(weights, [-0.0, -2.0, 1.0])
+    assert bias == -0.5
+    with pytest.raises(UnknownClassError, match="'2'"):
+        ClassTarget("2").linear_map(_Scorer(), _IntBinary())
+
+
 def test_concept_target_picks_its_column_by_id_or_name():
     x = torch.arange(3.0).view(1, 3, 1, 1).expand(2, 3, 2, 2)
     assert ConceptTarget("C2").build(None, _Scorer())(x).tolist() == [1.0, 1.0]

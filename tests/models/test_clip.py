@@ -272,3 +272,11 @@ def test_from_pretrained_errors(tmp_path):
         CLIPBackbone.from_pretrained(tmp_path / "empty", device="cpu")
     with pytest.raises(ValueError, match="dtype='int8' is not supported"):
         CLIPBackbone.from_pretrained(tmp_path, device="cpu", dtype="int8")
+
+
+def test_a_single_string_is_one_text(backbone):
+    one = backbone.encode_texts("a photo of a mole")
+    listed = backbone.encode_texts(["a photo of a mole"])
+    assert one.global_embeds.shape == (1, backbone.embed_dim)
+    assert one.texts == ["a photo of a mole"]
+    torch.testing.assert_close(one.global_embeds, listed.global_embeds)

@@ -190,3 +190,17 @@ def test_foreign_code_folder_needs_trust_remote_code_then_loads(tiny, tmp_path):
         loaded.encode_images(x).patch_embeds, ConceptCLIPBackbone(model, processor)
         .encode_images(x).patch_embeds
     )
+
+
+def test_a_single_string_is_one_text_and_a_4d_array_is_a_batch(backbone):
+    one = backbone.encode_texts("a mole")
+    listed = backbone.encode_texts(["a mole"])
+    assert one.global_embeds.shape == (1, backbone.embed_dim) and one.texts == ["a mole"]
+    torch.testing.assert_close(one.global_embeds, listed.global_embeds)
+    rng = np.random.default_rng(1)
+    batch = rng.integers(0, 256, (2, 30, 45, 3), dtype=np.uint8)
+    stacked = backbone.preprocess(batch)
+    assert stacked.shape == (2, 3, *backbone.image_size)
+    torch.testing.assert_close(stacked, backbone.preprocess([batch[0], batch[1]]))
+    with pytest.raises(TypeError, match="must be a torch.Tensor"):
+        backbone.encode_images(np.zeros((1, 3, 64, 64), dtype=np.float32))

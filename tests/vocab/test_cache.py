@@ -116,3 +116,12 @@ def test_invalid_arguments(tmp_path):
         FeatureCache(file)
     with pytest.raises(ValueError, match=r"\(D,\)"):
         FeatureCache(tmp_path).put("ab" * 32, torch.zeros(1, 2), torch.zeros(1, 2), (1, 1))
+
+
+@pytest.mark.parametrize("key", ["../" + "a" * 61, "AB" * 32, "ab" * 31, 7])
+def test_keys_that_are_not_digests_are_refused(tmp_path, key):
+    cache = FeatureCache(tmp_path / "cache")
+    with pytest.raises(ValueError, match="64 lower-case hex"):
+        cache.put(key, torch.zeros(2), torch.zeros(1, 2), (1, 1))
+    assert key not in cache
+    assert not list(tmp_path.rglob("*.npz"))

@@ -84,3 +84,9 @@ def test_every_builtin_template_has_a_reference():
     for templates in TEMPLATES.values():
         for t in templates:
             assert t.reference and "{concept}" not in t.reference
+
+
+def test_override_that_is_only_the_term_has_no_reference():
+    vocab = ConceptVocabulary([Concept("d:x", "veil", prompts=("Veil", "a veil photo"))])
+    bare, photo = build_prompts(vocab)["d:x"]
+    assert bare.reference == "" and photo.reference == "a photo"

@@ -311,3 +311,25 @@ def test_last_token_needs_fixed_length_padding(vocabulary, images):
     np.testing.assert_allclose(  # span vectors do not depend on the padding
         scores.to_numpy(), ConceptScorer(FakeBackbone(), vocabulary, progress=False).score(images[:1]).to_numpy(),
         rtol=1e-5)
+
+
+def test_paired_softmax_needs_references_even_after_a_memoised_cosine_run(vocabulary, images):
+    backbone = FakeBackbone()
+    bare = ConceptVocabulary(
+        [*vocabulary, Concept("t:bare", "dots", prompts=("dots",))], name="bare", modality="dermoscopy"
+    )
+    cosine = ConceptScorer(backbone, bare, progress=False).score(images[:1])
+    assert list(cosine.table.columns) == [*vocabulary.ids, "t:bare"]
+    with pytest.raises(ValueError, match=r"reference prompt.*'t:bare'"):
+        ConceptScorer(backbone, bare, calibration="paired_softmax", progress=False).score(images[:1])
+
+
+def test_text_memo_tells_vocabularies_apart_by_modality(vocabulary, images):
+    backbone = FakeBackbone()
+    fundus = ConceptVocabulary(list(vocabulary), name="test", modality="fundus")
+    assert fundus.hash == vocabulary.hash  # the hash covers the concepts only
+    derm = ConceptScorer(backbone, vocabulary, mode="global", progress=False).score(images[:2])
+    other = ConceptScorer(backbone, fundus, mode="global", progress=False).score(images[:2])
+    direct = ConceptScorer(FakeBackbone(), fundus, mode="global", progress=False).score(images[:2])
+    np.testing.assert_allclose(other.table.to_numpy(), direct.table.to_numpy(), rtol=1e-6)
+    assert not np.allclose(other.table.to_numpy(), derm.table.to_numpy())

@@ -54,6 +54,7 @@ class ImageExplanation:
     attribution_label: str = ""
 
     def name(self, concept_id: str) -> str:
+        """Preferred name of a concept id (the id itself when no name is known)."""
         return self.concept_names.get(concept_id, concept_id)
 
 
@@ -271,7 +272,8 @@ def audit_report(
 def _telling_examples(table: pd.DataFrame, names: Mapping[str, str], decisions: np.ndarray,
                       labels: np.ndarray | None, images: Mapping[str, Any] | Callable[[str], Any],
                       max_thumbnails: int) -> Gallery:
-    """Errors first (most confident-looking first), then the strongest example of each concept."""
+    """Errors first (in data order, at most half the thumbnails), then the image that
+    scores highest on each concept."""
     from conceptlens.models.images import load_image
 
     def fetch(image_id: str) -> Any:

@@ -121,6 +121,7 @@ class Section:
     kind: str = field(default="text", init=False)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready content of the section: ``kind``, ``title``, ``caption``."""
         return {"kind": self.kind, "title": self.title, "caption": self.caption}
 
 
@@ -134,6 +135,7 @@ class Text(Section):
         self.kind = "text"
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready content of the section (kind, title, caption, text)."""
         return {**super().to_dict(), "text": self.text}
 
 
@@ -147,6 +149,7 @@ class Facts(Section):
         self.kind = "facts"
 
     def rows(self) -> list[tuple[str, str]]:
+        """``(key, formatted value)`` pairs as shown on the page (containers as JSON)."""
         out = []
         for key, value in self.facts.items():
             text = json.dumps(_jsonable(value)) if isinstance(value, (Mapping, list, tuple)) else _format_cell(value, 4)
@@ -154,6 +157,7 @@ class Facts(Section):
         return out
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready content of the section, ``facts`` with their unformatted values."""
         return {**super().to_dict(), "facts": _jsonable(dict(self.facts))}
 
 
@@ -173,17 +177,21 @@ class Table(Section):
         return self.frame.reset_index() if self.index else self.frame
 
     def header(self) -> list[str]:
+        """Column names shown (the index first when ``index`` is true)."""
         return [str(c) for c in self._frame().columns]
 
     def body(self) -> list[list[str]]:
+        """The first ``max_rows`` rows, each cell formatted with ``digits`` digits."""
         frame = self._frame().head(self.max_rows)
         return [[_format_cell(v, self.digits) for v in row] for row in frame.itertuples(index=False)]
 
     @property
     def truncated(self) -> int:
+        """Number of rows left out of the page (they are all in the JSON)."""
         return max(0, len(self.frame) - self.max_rows)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready content: ``columns`` and every row (not only the ``max_rows`` shown)."""
         frame = self._frame()
         return {**super().to_dict(), "columns": self.header(),
                 "rows": _jsonable(frame.to_dict(orient="records"))}
@@ -211,6 +219,7 @@ class Figures(Section):
                    alts=list(alts) if alts else [title] * len(uris), data=dict(data or {}))
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready content: the number of images and the plotted numbers (``data``)."""
         return {**super().to_dict(), "n_images": len(self.images), "data": _jsonable(dict(self.data))}
 
 
@@ -233,6 +242,7 @@ class Gallery(Section):
         })
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready content: each item's label and details (the images stay in the page)."""
         return {**super().to_dict(), "items": [
             {"label": it["label"], "details": _jsonable(it["details"])} for it in self.items
         ]}
