@@ -396,7 +396,9 @@ def plot_weights(
         frame = frame.rename(columns=lambda c: names.get(str(c), str(c)))
     if annotate is None:
         annotate = frame.size <= 120
-    fig, ax = _new_axes(ax, (0.45 * frame.shape[1] + 3.0, 0.45 * frame.shape[0] + 2.0))
+    # room for the rotated concept names below the cells, so a one-row (binary) map keeps its height
+    longest = max((len(str(c)) for c in frame.columns), default=0)
+    fig, ax = _new_axes(ax, (0.45 * frame.shape[1] + 3.0, 0.45 * frame.shape[0] + 0.065 * longest + 1.8))
     bound = float(np.nanmax(np.abs(frame.to_numpy()))) or 1.0
     sns.heatmap(
         frame, ax=ax, cmap=cmap, center=0.0, vmin=-bound, vmax=bound, annot=annotate, fmt=".2f",
@@ -404,7 +406,10 @@ def plot_weights(
     )
     ax.set_xlabel("concept")
     ax.set_ylabel("class")
-    ax.tick_params(axis="x", labelrotation=60)
+    for label in ax.get_xticklabels():
+        label.set_rotation(60)
+        label.set_horizontalalignment("right")
+        label.set_rotation_mode("anchor")
     if title:
         ax.set_title(title)
     return fig
