@@ -186,6 +186,8 @@ def build() -> list[Path]:
     for name, cells in NOTEBOOKS.items():
         nb = new_notebook(cells=[new_markdown_cell(src) if kind == "md" else new_code_cell(src)
                                  for kind, src in cells])
+        for i, cell in enumerate(nb.cells):  # stable ids keep regenerated notebooks diff-free
+            cell.id = f"cell-{i:02d}"
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
         nb.metadata["language_info"] = {"name": "python"}
         path = ROOT / name
