@@ -16,6 +16,7 @@ String shorthand accepted by :func:`resolve_target` (and ``attribute(target=...)
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -196,6 +197,7 @@ class ClassTarget(Target):
         missing = [f for f in features if f not in ids]
         if missing:
             raise TargetError(f"bottleneck uses concepts the scorer's vocabulary lacks: {missing[:10]}")
+        _warn_if_other_vocabulary(scorer, bottleneck, features, ids)
         return np.array([ids.index(f) for f in features]), weights, bias
 
     def build(self, backbone: Any, scorer: Any = None, bottleneck: Any = None) -> TargetFunction:
@@ -212,6 +214,23 @@ class ClassTarget(Target):
 
     def describe(self) -> str:
         return f"class {self.label!r}"
+
+
+def _warn_if_other_vocabulary(scorer: Any, bottleneck: Any, features: list[str], ids: list[str]) -> None:
+    """Warn when a bottleneck fitted on one vocabulary explains scores of another with the same ids.
+
+    Same ids with a different content hash (other synonyms, prompts or modality) give other
+    score distributions than the ones the bottleneck's weights were fitted on.
+    """
+    fitted = getattr(bottleneck, "vocabulary_hash_", None)
+    current = getattr(getattr(scorer, "vocabulary", None), "hash", None)
+    if fitted and current and fitted != current and features == ids:
+        warnings.warn(
+            f"the bottleneck was fitted on scores of vocabulary {fitted} but the scorer uses "
+            f"vocabulary {current}; the concept ids match, but their scores may not be comparable",
+            UserWarning,
+            stacklevel=4,
+        )
 
 
 @dataclass(frozen=True)

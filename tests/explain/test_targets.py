@@ -90,3 +90,25 @@ def test_class_target_rejects_concepts_missing_from_the_scorer():
 
     with pytest.raises(TargetError, match="C9"):
         ClassTarget("benign").build(None, _Scorer(), Other())
+
+
+def test_class_target_warns_when_the_bottleneck_saw_another_vocabulary():
+    import warnings
+    from types import SimpleNamespace
+
+    import numpy as np
+    import pytest
+
+    from conceptlens.explain import ClassTarget
+
+    scorer = SimpleNamespace(vocabulary=SimpleNamespace(ids=["a", "b"], hash="current", names={}))
+    bottleneck = SimpleNamespace(coef_=np.array([[1.0, -1.0]]), intercept_=np.array([0.5]),
+                                 classes_=np.array([0, 1]), feature_names_in_=np.array(["a", "b"]),
+                                 vocabulary_hash_="fitted")
+    with pytest.warns(UserWarning, match="vocabulary fitted"):
+        ClassTarget(1).linear_map(scorer, bottleneck)
+    bottleneck.vocabulary_hash_ = "current"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        indices, weights, bias = ClassTarget(0).linear_map(scorer, bottleneck)
+    assert indices.tolist() == [0, 1] and weights.tolist() == [-1.0, 1.0] and bias == -0.5
