@@ -20,7 +20,13 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from conceptlens.models.base import Backbone, BackboneIdentity, ImageFeatures, TextFeatures
+from conceptlens.models.base import (
+    Backbone,
+    BackboneIdentity,
+    ImageFeatures,
+    TextFeatures,
+    as_text_list,
+)
 from conceptlens.models.errors import (
     BackboneLoadError,
     BackboneNotFoundError,
@@ -190,12 +196,7 @@ def tokenize_with_offsets(
         TypeError: an item of ``texts`` is not a string.
         ValueError: ``texts`` is empty.
     """
-    texts = list(texts)
-    if not texts:
-        raise ValueError("texts is empty")
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise TypeError(f"texts[{i}] must be a str, got {type(text).__name__}")
+    texts = as_text_list(texts)
     fast = bool(getattr(tokenizer, "is_fast", False))
     encoding = tokenizer(
         texts,
@@ -430,7 +431,7 @@ class HFDualEncoderBackbone(Backbone):
         Returns:
             :class:`TextFeatures`; ``token_embeds`` are ``(N, text_length, D)``.
         """
-        texts = [texts] if isinstance(texts, str) else list(texts)
+        texts = as_text_list(texts)
         input_ids, attention_mask, offsets = tokenize_with_offsets(
             self.tokenizer, texts, self.text_length
         )

@@ -27,7 +27,23 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["Backbone", "BackboneIdentity", "ImageFeatures", "TextFeatures"]
+__all__ = ["Backbone", "BackboneIdentity", "ImageFeatures", "TextFeatures", "as_text_list"]
+
+
+def as_text_list(texts: Sequence[str] | str) -> list[str]:
+    """Texts as a non-empty list of strings; a single string is one text.
+
+    Raises:
+        ValueError: ``texts`` is empty.
+        TypeError: An item is not a string.
+    """
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    if not texts:
+        raise ValueError("texts is empty; pass at least one string")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{i}] must be a str, got {type(text).__name__}")
+    return texts
 
 
 @dataclass(frozen=True)
@@ -170,7 +186,7 @@ class Backbone(ABC):
 
         A single string is one text (not a sequence of one-character texts).
         """
-        return self.forward_texts([texts] if isinstance(texts, str) else list(texts))
+        return self.forward_texts(as_text_list(texts))
 
     def token_layers(self) -> list[nn.Module]:
         """The vision transformer's blocks, first to last, for Grad-CAM style methods.

@@ -22,7 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conceptlens.models.base import Backbone, BackboneIdentity, ImageFeatures, TextFeatures
+from conceptlens.models.base import (
+    Backbone,
+    BackboneIdentity,
+    ImageFeatures,
+    TextFeatures,
+    as_text_list,
+)
 from conceptlens.models.errors import (
     BackboneLoadError,
     RemoteCodeRequiredError,
@@ -295,7 +301,7 @@ class ConceptCLIPBackbone(Backbone):
             (``text_token_features``, ``T = context_length``), ``attention_mask`` ``(N, T)``,
             ``offsets`` ``(N, T, 2)`` character spans (``(0, 0)`` for special / padding).
         """
-        texts = _check_texts(texts)
+        texts = as_text_list(texts)
         if not getattr(self.tokenizer, "is_fast", False):
             raise UnsupportedBackboneError(
                 f"{type(self.tokenizer).__name__} is a slow tokenizer; token offsets need a "
@@ -423,18 +429,6 @@ def _output(out: Any, key: str) -> torch.Tensor:
             "output dict"
         )
     return value
-
-
-def _check_texts(texts: Sequence[str] | str) -> list[str]:
-    if isinstance(texts, str):
-        return [texts]
-    texts = list(texts)
-    if not texts:
-        raise ValueError("texts is empty; pass at least one string")
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise TypeError(f"texts[{i}] is a {type(text).__name__}, expected str")
-    return texts
 
 
 def _has_package_code(folder: Path) -> bool:
