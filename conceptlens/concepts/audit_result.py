@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import html
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pandas as pd
+
+from conceptlens._jsonable import jsonable
 
 __all__ = ["AuditResult"]
 
@@ -18,23 +18,8 @@ _TABLES = (
 )
 
 
-def _json_scalar(v: Any) -> Any:
-    if isinstance(v, (np.integer,)):
-        return int(v)
-    if isinstance(v, (np.floating, float)):
-        f = float(v)
-        return f if math.isfinite(f) else None
-    if isinstance(v, np.bool_):
-        return bool(v)
-    if v is None or isinstance(v, (bool, int, str)):
-        return v
-    if v is pd.NA or v is pd.NaT:
-        return None
-    return str(v)
-
-
 def _frame_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    return [{str(k): _json_scalar(v) for k, v in row.items()} for row in frame.to_dict(orient="records")]
+    return [{str(k): jsonable(v) for k, v in row.items()} for row in frame.to_dict(orient="records")]
 
 
 @dataclass
@@ -76,9 +61,7 @@ class AuditResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict: ``summary`` plus every table as a list of records (NaN -> None)."""
-        out: dict[str, Any] = {"summary": {k: _json_scalar(v) if not isinstance(v, list)
-                                           else [_json_scalar(x) for x in v]
-                                           for k, v in self.summary.items()}}
+        out: dict[str, Any] = {"summary": jsonable(self.summary)}
         for name in _TABLES:
             frame = getattr(self, name)
             if name == "surrogate_coefficients":

@@ -171,22 +171,22 @@ def explanation_report(
 
 
 def _frame_fields(result: Any) -> list[tuple[str, pd.DataFrame]]:
-    if dataclasses.is_dataclass(result):
-        items = [(f.name, getattr(result, f.name)) for f in dataclasses.fields(result)]
-    else:
-        items = list(vars(result).items())
+    """The DataFrame fields of a result dataclass (an ``AuditResult``), in declaration order."""
+    if not dataclasses.is_dataclass(result):
+        raise TypeError(f"audit must be an AuditResult, got {type(result).__name__}")
+    items = [(f.name, getattr(result, f.name)) for f in dataclasses.fields(result)]
     return [(name, value) for name, value in items if isinstance(value, pd.DataFrame)]
 
 
 _AUDIT_TITLES = {
-    "association": "Concept-decision association",
-    "surrogate": "Surrogate bottleneck",
-    "surrogate_weights": "Surrogate bottleneck weights",
-    "errors": "Error analysis: concepts enriched among errors",
-    "error_analysis": "Error analysis: concepts enriched among errors",
-    "slices": "Worst concept-defined slices",
+    "reliance": "Reliance of the surrogate on each concept",
     "spurious": "Spurious-concept flags",
-    "flags": "Spurious-concept flags",
+    "unused_expected": "Expected concepts the decisions do not use",
+    "association": "Concept-decision association",
+    "surrogate_fidelity": "Surrogate bottleneck fidelity",
+    "surrogate_coefficients": "Surrogate bottleneck weights",
+    "errors": "Error analysis: concepts enriched among errors",
+    "slices": "Worst concept-defined slices",
 }
 
 

@@ -9,12 +9,11 @@ same content as JSON-ready data, so the page and its JSON never disagree.
 from __future__ import annotations
 
 import base64
-import datetime as _dt
 import html
 import io
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from PIL import Image
+
+from conceptlens._jsonable import jsonable
 
 __all__ = [
     "Facts",
@@ -73,28 +74,6 @@ def image_to_data_uri(image: Image.Image | np.ndarray, *, max_side: int | None =
     else:
         raise ValueError(f"unsupported image format {format!r}: use 'PNG' or 'JPEG'")
     return f"data:image/{mime};base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def _jsonable(value: Any) -> Any:
-    """Convert numpy / pandas scalars and containers to plain JSON types (NaN -> None)."""
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, (np.bool_, bool)):
-        return bool(value)
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating, float)):
-        f = float(value)
-        return None if math.isnan(f) or math.isinf(f) else f
-    if value is None or isinstance(value, (str, int)):
-        return value
-    if isinstance(value, (pd.Timestamp, _dt.datetime, _dt.date)):
-        return value.isoformat()
-    return str(value)
 
 
 def _format_cell(value: Any, digits: int) -> str:
@@ -152,13 +131,13 @@ class Facts(Section):
         """``(key, formatted value)`` pairs as shown on the page (containers as JSON)."""
         out = []
         for key, value in self.facts.items():
-            text = json.dumps(_jsonable(value)) if isinstance(value, (Mapping, list, tuple)) else _format_cell(value, 4)
+            text = json.dumps(jsonable(value)) if isinstance(value, (Mapping, list, tuple)) else _format_cell(value, 4)
             out.append((str(key), text))
         return out
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready content of the section, ``facts`` with their unformatted values."""
-        return {**super().to_dict(), "facts": _jsonable(dict(self.facts))}
+        return {**super().to_dict(), "facts": jsonable(dict(self.facts))}
 
 
 @dataclass
@@ -194,7 +173,7 @@ class Table(Section):
         """JSON-ready content: ``columns`` and every row (not only the ``max_rows`` shown)."""
         frame = self._frame()
         return {**super().to_dict(), "columns": self.header(),
-                "rows": _jsonable(frame.to_dict(orient="records"))}
+                "rows": jsonable(frame.to_dict(orient="records"))}
 
 
 @dataclass
@@ -220,7 +199,7 @@ class Figures(Section):
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready content: the number of images and the plotted numbers (``data``)."""
-        return {**super().to_dict(), "n_images": len(self.images), "data": _jsonable(dict(self.data))}
+        return {**super().to_dict(), "n_images": len(self.images), "data": jsonable(dict(self.data))}
 
 
 @dataclass
@@ -244,7 +223,7 @@ class Gallery(Section):
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready content: each item's label and details (the images stay in the page)."""
         return {**super().to_dict(), "items": [
-            {"label": it["label"], "details": _jsonable(it["details"])} for it in self.items
+            {"label": it["label"], "details": jsonable(it["details"])} for it in self.items
         ]}
 
 
@@ -286,7 +265,7 @@ class Report:
             "kind": self.kind,
             "notice": self.notice,
             "conceptlens_version": __version__,
-            "meta": _jsonable(self.meta),
+            "meta": jsonable(self.meta),
             "sections": [s.to_dict() for s in self.sections],
         }
 
@@ -332,7 +311,3 @@ def _environment():
         lstrip_blocks=True,
     )
 
-
-def iter_sections(report: Report, kind: str) -> Iterable[Section]:
-    """The report's sections of one kind, in order."""
-    return (s for s in report.sections if s.kind == kind)
