@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -32,6 +31,7 @@ from conceptlens.models.errors import (
     BackboneNotFoundError,
     UnsupportedBackboneError,
 )
+from conceptlens.models.images import load_pil_images
 from conceptlens.models.runtime import (
     dtype_name,
     hash_state_dict,
@@ -48,47 +48,8 @@ __all__ = [
     "hash_weight_files",
     "resolve_device",
     "resolve_dtype",
-    "to_pil_images",
     "tokenize_with_offsets",
 ]
-
-def _is_single_image(images: Any) -> bool:
-    if isinstance(images, (str, os.PathLike, Image.Image)):
-        return True
-    if isinstance(images, (np.ndarray, torch.Tensor)):
-        return images.ndim in (2, 3)
-    return False
-
-
-def to_pil_images(images: Any) -> list[Image.Image]:
-    """Turn one image or a sequence of images into a list of RGB PIL images.
-
-    Accepts paths, PIL images, ``(H, W[, C])`` / ``(C, H, W)`` arrays or tensors, and
-    ``(B, ...)`` batches of them; each item goes through
-    :func:`conceptlens.models.images.load_image` (EXIF orientation, DICOM, 16-bit, palette ...).
-
-    Raises:
-        ValueError: an empty sequence.
-        TypeError: ``images`` is neither an image nor a sequence.
-        ImageLoadError: an item that cannot be read (a ``ValueError``; names the source).
-        ImageNotFoundError: a path that does not exist (a ``FileNotFoundError``).
-    """
-    from conceptlens.models.images import load_image
-
-    if _is_single_image(images):
-        items = [images]
-    elif isinstance(images, (np.ndarray, torch.Tensor)):
-        items = list(images)
-    elif isinstance(images, Sequence):
-        items = list(images)
-    else:
-        raise TypeError(
-            f"images must be an image or a sequence of images, got {type(images).__name__}"
-        )
-    if not items:
-        raise ValueError("images is empty")
-    return [load_image(image).image for image in items]
-
 
 def _field(obj: Any, key: str) -> Any:
     if obj is None:
@@ -390,7 +351,7 @@ class HFDualEncoderBackbone(Backbone):
         Args:
             images: One image or a sequence: paths, PIL images, arrays, tensors.
         """
-        pil_images = to_pil_images(images)
+        pil_images = load_pil_images(images)
         encoded = self.image_processor(images=pil_images, return_tensors="pt")
         return encoded["pixel_values"].float()
 

@@ -241,19 +241,9 @@ class ConceptCLIPBackbone(Backbone):
         Returns:
             ``(B, 3, H, W)`` float32 pixel values on the CPU.
         """
-        import numpy as np
+        from conceptlens.models.images import load_pil_images
 
-        from conceptlens.models.images import LoadedImage, load_image
-
-        if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
-            images = list(images)
-        elif isinstance(images, (str, os.PathLike, LoadedImage)) or not isinstance(
-            images, Sequence
-        ):
-            images = [images]
-        if len(images) == 0:
-            raise ValueError("preprocess() needs at least one image")
-        pil = [im.image if isinstance(im, LoadedImage) else load_image(im).image for im in images]
+        pil = load_pil_images(images)
         pixels = self.image_processor(pil, return_tensors="pt")["pixel_values"]
         return pixels.float()
 

@@ -51,6 +51,7 @@ __all__ = [
     "has_dicom_magic",
     "is_image_file",
     "load_image",
+    "load_pil_images",
     "resize_map_to_original",
     "to_uint8",
 ]
@@ -217,6 +218,31 @@ def load_image(
         "unsupported source type; pass a path, bytes, a binary file object, a PIL image, "
         "a numpy array or a torch tensor",
     )
+
+
+def load_pil_images(images: Any) -> list[Image.Image]:
+    """One image, a sequence of images or a batch as a list of RGB PIL images.
+
+    Accepts paths, bytes, PIL images, :class:`LoadedImage`, ``(H, W[, C])`` / ``(C, H, W)``
+    arrays or tensors, ``(B, ...)`` batches of them and sequences of any of these; each item
+    goes through :func:`load_image` (EXIF orientation, DICOM, 16-bit, palette ...).
+
+    Raises:
+        ValueError: An empty sequence.
+        TypeError: ``images`` is neither an image nor a sequence.
+        ImageLoadError: An item that cannot be read (names the source).
+    """
+    if isinstance(images, (str, os.PathLike, bytes, Image.Image, LoadedImage)):
+        items = [images]
+    elif isinstance(images, np.ndarray) or _is_torch_tensor(images):
+        items = [images] if images.ndim in (2, 3) else list(images)
+    elif isinstance(images, Sequence):
+        items = list(images)
+    else:
+        raise TypeError(f"images must be an image or a sequence of images, got {type(images).__name__}")
+    if not items:
+        raise ValueError("images is empty; pass at least one image")
+    return [item.image if isinstance(item, LoadedImage) else load_image(item).image for item in items]
 
 
 def is_image_file(path: str | os.PathLike) -> bool:
