@@ -457,10 +457,9 @@ def _noise(nt_stdevs: float | None, pixels: torch.Tensor) -> float:
 
 
 def _patch(backbone: Any) -> int:
-    patch = getattr(backbone, "patch_size", None)
-    if isinstance(patch, (tuple, list)):
-        patch = patch[0]
-    return int(patch) if patch else max(1, int(backbone.image_size[0]) // _grid_of(backbone)[0])
+    from conceptlens.vocab.scorer import patch_size_of
+
+    return max(1, patch_size_of(backbone, _grid_of(backbone))[0])
 
 
 def _pair(value: Any, default: Any, what: str) -> tuple[int, int]:

@@ -863,20 +863,26 @@ class ConceptScorer:
         )
 
 
-def covered_fraction(backbone: Backbone, grid_size: tuple[int, int]) -> tuple[float, float]:
-    """Fraction ``(rows, cols)`` of the model input covered by the patch grid.
-
-    Uses ``backbone.patch_size`` when the backbone has one, else assumes the largest patch
-    that fits, ``image_size // grid`` (ConceptCLIP: ``384 // 27 = 14``, so ``378 / 384``).
+def patch_size_of(backbone: Backbone, grid_size: tuple[int, int]) -> tuple[int, int]:
+    """``(patch_h, patch_w)`` in input pixels: ``backbone.patch_size`` when the backbone has
+    one, else the largest patch that fits, ``image_size // grid`` (ConceptCLIP: ``384 // 27 = 14``).
     """
     height, width = (int(v) for v in backbone.image_size)
     patch = getattr(backbone, "patch_size", None)
     if patch is None:
-        patch_h, patch_w = height // grid_size[0], width // grid_size[1]
-    elif isinstance(patch, (tuple, list)):
-        patch_h, patch_w = (int(v) for v in patch)
-    else:
-        patch_h = patch_w = int(patch)
+        return height // grid_size[0], width // grid_size[1]
+    if isinstance(patch, (tuple, list)):
+        return int(patch[0]), int(patch[1])
+    return int(patch), int(patch)
+
+
+def covered_fraction(backbone: Backbone, grid_size: tuple[int, int]) -> tuple[float, float]:
+    """Fraction ``(rows, cols)`` of the model input covered by the patch grid.
+
+    See :func:`patch_size_of` for the patch size (ConceptCLIP: ``27 * 14 / 384``).
+    """
+    height, width = (int(v) for v in backbone.image_size)
+    patch_h, patch_w = patch_size_of(backbone, grid_size)
     return (
         min(1.0, grid_size[0] * patch_h / height),
         min(1.0, grid_size[1] * patch_w / width),
