@@ -68,11 +68,19 @@ def _read_table(path: str | Path, what: str) -> pd.DataFrame:
     raise ValueError(f"{what} file {path} must be .csv, .tsv or .parquet")
 
 
+#: Columns of a labels / decisions / concept-labels CSV that hold the image id, in order of preference.
+IMAGE_KEY_COLUMNS = ("image", "path", "id", "image_id")
+
+
+def _image_key(frame: pd.DataFrame) -> str | None:
+    return next((c for c in IMAGE_KEY_COLUMNS if c in frame.columns), None)
+
+
 def _column_for(frame: pd.DataFrame, path: str, column: str, index: pd.Index) -> pd.Series:
     """The ``column`` of a CSV keyed by its image column, aligned to the score rows."""
     if column not in frame.columns:
         raise ValueError(f"{path}: no column {column!r} (columns: {', '.join(map(str, frame.columns))})")
-    key = next((c for c in ("image", "path", "id", "image_id") if c in frame.columns), None)
+    key = _image_key(frame)
     if key is None:
         if len(frame) != len(index):
             raise ValueError(f"{path}: has no image column and {len(frame)} rows for {len(index)} scored images")
@@ -195,7 +203,7 @@ def run_audit(args: argparse.Namespace) -> None:
     annotation = None
     if args.concept_labels:
         concept_labels = _read_table(args.concept_labels, "concept labels")
-        key = next((c for c in ("image", "path", "id") if c in concept_labels.columns), None)
+        key = _image_key(concept_labels)
         if key is not None:
             concept_labels = concept_labels.set_index(concept_labels[key].astype(str)).drop(columns=[key])
         annotation = evaluate_annotation(scores, concept_labels, n_bootstrap=200)
