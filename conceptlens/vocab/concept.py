@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import re
@@ -266,6 +267,14 @@ class Concept:
             "attributes": thaw(self.attributes),
         }
 
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><th>{html.escape(key)}</th><td>{html.escape(_html_value(value))}</td></tr>"
+            for key, value in self.to_dict().items()
+            if value not in (None, "", [], {})
+        )
+        return f"<table><tbody>{rows}</tbody></table>"
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Concept:
         """Build a concept from a mapping with the schema's field names.
@@ -300,3 +309,11 @@ class Concept:
 
 CONCEPT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Concept))
 """The schema's concept fields, in order."""
+
+
+def _html_value(value: Any) -> str:
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    return str(value)

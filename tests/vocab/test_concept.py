@@ -51,3 +51,10 @@ def test_non_json_attributes_and_self_parent_rejected():
 
 def test_is_cui():
     assert is_cui("C0000001") and not is_cui("C000001") and not is_cui(None)
+
+
+def test_concept_renders_escaped_html():
+    concept = Concept(id="local:x", name="<b>veil</b>", synonyms=("blue veil",), source="demo")
+    out = concept._repr_html_()
+    assert "&lt;b&gt;veil&lt;/b&gt;" in out and "<b>" not in out
+    assert "blue veil" in out and "parent" not in out
