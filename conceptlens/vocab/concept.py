@@ -6,10 +6,13 @@ import html
 import json
 import math
 import re
+import reprlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any
+
+from conceptlens.errors import ConceptlensError
 
 __all__ = ["CONCEPT_FIELDS", "CUI_PATTERN", "Concept", "VocabularyError", "is_cui"]
 
@@ -19,7 +22,7 @@ CUI_PATTERN = re.compile(r"C\d{7}")
 _CUI_ATTEMPT = re.compile(r"^(?:UMLS:)?[Cc]\d")
 
 
-class VocabularyError(ValueError):
+class VocabularyError(ConceptlensError, ValueError):
     """A concept or vocabulary is malformed.
 
     The message names the culprit: the file, the line (or CSV row) and the concept id,
@@ -97,17 +100,82 @@ def check_cui_like(value: str, *, what: str = "id") -> None:
         )
 
 
+#: Most values (counted with shared containers expanded) one concept's ``attributes`` may hold.
+MAX_ATTRIBUTE_VALUES = 100_000
+#: Deepest nesting of containers in ``attributes``.
+MAX_ATTRIBUTE_DEPTH = 50
+
+
 def _freeze(value: Any, where: str) -> Any:
-    """Deep-copy JSON-like data into read-only containers (dict -> mappingproxy, list -> tuple)."""
+    """Deep-copy JSON-like data into read-only containers (dict -> mappingproxy, list -> tuple).
+
+    A container shared several times (YAML aliases, or the same Python list reused) is frozen
+    once and shared in the result; the data's *expanded* size is bounded by
+    :data:`MAX_ATTRIBUTE_VALUES` and its depth by :data:`MAX_ATTRIBUTE_DEPTH`, so a "billion
+    laughs" structure is refused at once instead of being expanded (by hashing or printing).
+    """
+    _check_size(value, where)
+    return _freeze_shared(value, where, {})
+
+
+def _check_size(value: Any, where: str) -> None:
+    """Expanded size and depth of nested containers, without expanding them (iterative)."""
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[Any, int, bool]] = [(value, 0, False)]
+    while stack:
+        item, depth, finished = stack.pop()
+        children = _container_items(item)
+        if children is None:
+            continue
+        key = id(item)
+        if finished:
+            on_path.discard(key)
+            sizes[key] = 1 + sum(sizes.get(id(c), 1) for c in children)
+            if sizes[key] > MAX_ATTRIBUTE_VALUES:
+                raise VocabularyError(
+                    f"{where}: more than {MAX_ATTRIBUTE_VALUES:,} values once shared parts "
+                    "(YAML aliases) are expanded; attributes are meant for small extras"
+                )
+            continue
+        if key in sizes:
+            continue
+        if key in on_path:
+            raise VocabularyError(f"{where}: a value contains itself (recursive data)")
+        if depth >= MAX_ATTRIBUTE_DEPTH:
+            raise VocabularyError(f"{where}: nested deeper than {MAX_ATTRIBUTE_DEPTH} levels")
+        on_path.add(key)
+        stack.append((item, depth, True))
+        stack.extend((child, depth + 1, False) for child in children
+                     if id(child) not in sizes)
+
+
+def _container_items(value: Any) -> list[Any] | None:
+    if isinstance(value, Mapping):
+        return list(value.values())
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return None
+
+
+def _freeze_shared(value: Any, where: str, memo: dict[int, Any]) -> Any:
+    if isinstance(value, (Mapping, list, tuple)) and id(value) in memo:
+        return memo[id(value)]
     if isinstance(value, Mapping):
         out = {}
         for key, item in value.items():
             if not isinstance(key, str):
-                raise VocabularyError(f"{where}: attribute keys must be strings, got {key!r}")
-            out[key] = _freeze(item, f"{where}.{key}")
-        return MappingProxyType(out)
+                raise VocabularyError(
+                    f"{where}: attribute keys must be strings, got {reprlib.repr(key)}"
+                )
+            out[key] = _freeze_shared(item, f"{where}.{key}", memo)
+        frozen: Any = MappingProxyType(out)
+        memo[id(value)] = frozen
+        return frozen
     if isinstance(value, (list, tuple)):
-        return tuple(_freeze(item, where) for item in value)
+        frozen = tuple(_freeze_shared(item, where, memo) for item in value)
+        memo[id(value)] = frozen
+        return frozen
     if value is None or isinstance(value, (bool, int, str)):
         return value
     if isinstance(value, float):
@@ -139,7 +207,9 @@ def _as_text_tuple(value: Any, name: str) -> tuple[str, ...]:
     out = []
     for item in value:
         if not isinstance(item, str):
-            raise VocabularyError(f"{name} must be a list of strings, got item {item!r}")
+            raise VocabularyError(
+                f"{name} must be a list of strings, got item {reprlib.repr(item)}"
+            )
         item = item.strip()
         if not item:
             raise VocabularyError(f"{name} contains an empty string")
@@ -151,7 +221,9 @@ def _as_text(value: Any, name: str) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise VocabularyError(f"{name} must be a string, got {type(value).__name__} {value!r}")
+        raise VocabularyError(
+            f"{name} must be a string, got {type(value).__name__} {reprlib.repr(value)}"
+        )
     return value.strip()
 
 
@@ -198,12 +270,14 @@ class Concept:
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id.strip():
-            raise VocabularyError(f"concept id must be a non-empty string, got {self.id!r}")
+            raise VocabularyError(
+                f"concept id must be a non-empty string, got {reprlib.repr(self.id)}"
+            )
         cid = self.id.strip()
         try:
             check_cui_like(cid)
             if not isinstance(self.name, str) or not self.name.strip():
-                raise VocabularyError(f"empty name (got {self.name!r})")
+                raise VocabularyError(f"empty name (got {reprlib.repr(self.name)})")
             values = {
                 "id": cid,
                 "name": self.name.strip(),
@@ -285,21 +359,24 @@ class Concept:
         if not isinstance(data, Mapping):
             raise VocabularyError(f"a concept must be a mapping, got {type(data).__name__}")
         concept = data.get("id")
+        label = concept if isinstance(concept, str) else (
+            reprlib.repr(concept) if concept is not None else None
+        )
         unknown = sorted(str(k) for k in data if k not in CONCEPT_FIELDS)
         if unknown:
             raise VocabularyError(
                 f"unknown field(s) {', '.join(map(repr, unknown))}; "
                 f"allowed: {', '.join(CONCEPT_FIELDS)}",
-                concept=str(concept) if concept is not None else None,
+                concept=label,
             )
         for required in ("id", "name"):
             if data.get(required) in (None, ""):
                 raise VocabularyError(
                     f"missing or empty {required!r}",
-                    concept=str(concept) if concept is not None else None,
+                    concept=label,
                 )
         if not isinstance(concept, str):
-            raise VocabularyError(f"concept id must be a string, got {concept!r}")
+            raise VocabularyError(f"concept id must be a string, got {reprlib.repr(concept)}")
         return cls(**{k: v for k, v in data.items() if v is not None or k == "parent"})
 
     def canonical_json(self) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from conceptlens.vocab.concept import VocabularyError
 from conceptlens.vocab.formats.mapping import read_json, read_yaml, write_json, write_yaml
 from conceptlens.vocab.formats.obo import read_obo, write_obo
 from conceptlens.vocab.formats.tabular import read_csv, write_csv
@@ -70,14 +71,28 @@ def format_for_path(path: str | Path, format: str | None = None) -> str:
 def read_vocabulary(
     path: str | Path, *, format: str | None = None, strict: bool = True
 ) -> ConceptVocabulary:
-    """Read a vocabulary file in any supported format (chosen by suffix unless given)."""
+    """Read a vocabulary file in any supported format (chosen by suffix unless given).
+
+    Raises:
+        FileNotFoundError: The file does not exist.
+        FileAccessError: It cannot be read (permission denied ...).
+        VocabularyError: Malformed, too large, a folder, or without any concept.
+    """
     path = Path(path)
     key = format_for_path(path, format)
+    if path.is_dir():
+        raise VocabularyError("is a folder, not a vocabulary file", path=path)
     if not path.is_file():
         raise FileNotFoundError(f"vocabulary file not found: {path}")
     if key == "obo":
-        return read_obo(path, strict=strict)
-    return _READERS[key](path)
+        vocabulary = read_obo(path, strict=strict)
+    else:
+        vocabulary = _READERS[key](path)
+    if len(vocabulary) == 0:
+        raise VocabularyError(
+            "holds no concepts; a vocabulary needs at least one to score anything", path=path
+        )
+    return vocabulary
 
 
 def write_vocabulary(

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from conceptlens._io.files import FileContentError, read_text_limited
 from conceptlens.vocab.concept import Concept, VocabularyError
 from conceptlens.vocab.vocabulary import ConceptVocabulary
 
@@ -73,3 +74,16 @@ def atomic_write_text(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def read_vocabulary_text(path: Path, *, encoding: str = "utf-8") -> str:
+    """A vocabulary file's text (size-limited, UTF-8); unusable content -> VocabularyError.
+
+    Raises:
+        FileAccessError: Missing, a folder, or unreadable (names the file).
+        VocabularyError: Too large or not UTF-8 text (names the file).
+    """
+    try:
+        return read_text_limited(path, what="vocabulary file", encoding=encoding)
+    except FileContentError as err:
+        raise VocabularyError(err.reason, path=path) from None

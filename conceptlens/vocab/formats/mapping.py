@@ -8,12 +8,14 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from conceptlens._io.safe_yaml import YamlError, load_yaml
 from conceptlens.vocab.concept import VocabularyError
 from conceptlens.vocab.formats._common import (
     VOCABULARY_FIELDS,
     atomic_write_text,
     build_vocabulary,
     concept_from_record,
+    read_vocabulary_text,
 )
 
 if TYPE_CHECKING:
@@ -60,9 +62,8 @@ def _from_mapping(
     return build_vocabulary(located, path=path, meta=data, line_label=label)
 
 
-def _concept_lines(text: str) -> list[int | None]:
+def _concept_lines(root: yaml.Node | None) -> list[int | None]:
     """1-based start line of each item of the top-level ``concepts`` list (YAML marks)."""
-    root = yaml.compose(text, Loader=yaml.SafeLoader)
     if not isinstance(root, yaml.MappingNode):
         return []
     for key, value in root.value:
@@ -72,26 +73,26 @@ def _concept_lines(text: str) -> list[int | None]:
 
 
 def read_yaml(path: str | Path) -> ConceptVocabulary:
-    """Read a YAML vocabulary (safe loader; errors carry line numbers)."""
+    """Read a YAML vocabulary (safe loader with alias and depth limits; errors carry lines)."""
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    text = read_vocabulary_text(path)
     try:
-        data = yaml.safe_load(text)
-        lines = _concept_lines(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        raise VocabularyError(f"invalid YAML: {err}", path=path, line=line) from None
-    return _from_mapping(data, path, lines)
+        data, root = load_yaml(text, source=str(path))
+    except YamlError as err:
+        raise VocabularyError(err.problem, path=path, line=err.line) from None
+    return _from_mapping(data, path, _concept_lines(root))
 
 
 def read_json(path: str | Path) -> ConceptVocabulary:
     """Read a JSON vocabulary (errors name the concept by id or position)."""
     path = Path(path)
+    text = read_vocabulary_text(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(text)
     except json.JSONDecodeError as err:
         raise VocabularyError(f"invalid JSON: {err.msg}", path=path, line=err.lineno) from None
+    except RecursionError:
+        raise VocabularyError("JSON nested too deeply", path=path) from None
     return _from_mapping(data, path, None)
 
 

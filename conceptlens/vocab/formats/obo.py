@@ -28,6 +28,7 @@ from conceptlens.vocab.formats._common import (
     atomic_write_text,
     build_vocabulary,
     concept_from_record,
+    read_vocabulary_text,
 )
 
 if TYPE_CHECKING:
@@ -228,7 +229,7 @@ def read_obo(path: str | Path, *, strict: bool = True) -> ConceptVocabulary:
         strict: If False, malformed ``xref: UMLS:`` lines are skipped with a warning.
     """
     path = Path(path)
-    header, stanzas = _parse(path.read_text(encoding="utf-8").splitlines(), path)
+    header, stanzas = _parse(read_vocabulary_text(path).splitlines(), path)
     meta = _header_meta(header, path)
     label = _ONTOLOGY_LABELS.get(meta["name"], meta["name"].upper() or path.stem)
     terms = [t for t in (_read_term(s, path, strict) for s in stanzas) if t is not None]

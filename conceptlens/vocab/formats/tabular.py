@@ -1,5 +1,9 @@
 """CSV: one row per concept; list fields ``|``-separated; attributes as JSON text.
 
+Text cells that a spreadsheet would run as a formula (starting with ``=``, ``+``, ``-``, ``@``,
+tab or carriage return) are written with a leading apostrophe, which the reader removes
+(see :mod:`conceptlens._io.tables`).
+
 Vocabulary metadata sits in leading comment lines (``# name: "demo"``), which spreadsheet
 tools and ``pandas.read_csv(comment="#")`` skip.
 """
@@ -12,11 +16,13 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from conceptlens._io.tables import neutralise_cell, restore_cell
 from conceptlens.vocab.concept import CONCEPT_FIELDS, VocabularyError
 from conceptlens.vocab.formats._common import (
     atomic_write_text,
     build_vocabulary,
     concept_from_record,
+    read_vocabulary_text,
 )
 
 if TYPE_CHECKING:
@@ -51,7 +57,7 @@ def split_list(text: str) -> list[str]:
 def _record(row: dict[str, str], path: Path, line: int) -> dict[str, Any]:
     record: dict[str, Any] = {}
     for key, value in row.items():
-        value = value or ""
+        value = restore_cell(value or "")
         if key in LIST_FIELDS:
             record[key] = split_list(value)
         elif key == "attributes":
@@ -72,7 +78,7 @@ def _record(row: dict[str, str], path: Path, line: int) -> dict[str, Any]:
 def read_csv(path: str | Path) -> ConceptVocabulary:
     """Read a CSV vocabulary; errors name the file, the row (physical line) and concept."""
     path = Path(path)
-    lines = path.read_text(encoding="utf-8-sig").splitlines(keepends=True)
+    lines = read_vocabulary_text(path, encoding="utf-8-sig").splitlines(keepends=True)
     meta: dict[str, str] = {}
     skip = 0
     for skip, line in enumerate(lines):  # noqa: B007 - skip is used after the loop
@@ -139,5 +145,5 @@ def write_csv(vocabulary: ConceptVocabulary, path: str | Path) -> None:
         row["attributes"] = (
             json.dumps(row["attributes"], ensure_ascii=False, sort_keys=True) if row["attributes"] else ""
         )
-        writer.writerow(row)
+        writer.writerow({key: neutralise_cell(value) for key, value in row.items()})
     atomic_write_text(Path(path), buffer.getvalue())
