@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from conceptlens._io.tables import TableFormatError, line_of, read_table, to_numbers, write_csv
+
 __all__ = ["ConceptScores"]
 
 _META_KEY = b"conceptlens"
@@ -89,7 +91,7 @@ class ConceptScores:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.suffix == ".csv":
-            self.table.to_csv(path, index_label="image")
+            write_csv(self.table, path, index_label="image", what="score file")
             return path
         if path.suffix != ".parquet":
             raise ValueError(f"unsupported score file suffix {path.suffix!r} for {path}: use .parquet or .csv")
@@ -112,8 +114,7 @@ class ConceptScores:
         if not path.exists():
             raise FileNotFoundError(f"score file not found: {path}")
         if path.suffix == ".csv":
-            table = pd.read_csv(path, index_col=0)
-            table.index = table.index.astype(str)
+            table = _read_score_csv(path)
             return cls(table=table)
         if path.suffix != ".parquet":
             raise ValueError(f"unsupported score file suffix {path.suffix!r} for {path}: use .parquet or .csv")
@@ -149,3 +150,24 @@ class ConceptScores:
         if len(self.errors):
             errs = "<p>Errors:</p>" + self.errors.to_html(index=False, escape=True)
         return f"<div><p><b>{head}</b></p>{body}{errs}</div>"
+
+
+def _read_score_csv(path: Path) -> pd.DataFrame:
+    """A score CSV: ids kept as written (``001`` stays ``001``), formula escapes undone,
+    empty cells NaN; a duplicate id or a cell that is not a number names its line."""
+    frame = read_table(path, what="score file")
+    if frame.shape[1] == 0:
+        raise TableFormatError(f"score file {str(path)!r} has no columns")
+    key = frame.columns[0]
+    seen: dict[str, int] = {}
+    for position, image_id in enumerate(frame[key]):
+        if image_id in seen:
+            raise TableFormatError(
+                f"score file {str(path)!r}, {line_of(frame, position)}: image {image_id!r} "
+                f"appears twice (also {line_of(frame, seen[image_id])})"
+            )
+        seen[image_id] = position
+    table = to_numbers(frame.drop(columns=[key]).replace("", "nan"), what="score file")
+    table.index = pd.Index(list(frame[key]), dtype=object, name=key)
+    table.attrs.clear()
+    return table
