@@ -47,7 +47,15 @@ class FileAccessError(ConceptlensError, OSError):
 
 
 class FileContentError(ConceptlensError, ValueError):
-    """A file the user named is readable but unusable as a whole (too large, not text)."""
+    """A file the user named is readable but unusable as a whole (too large, not text).
+
+    Attributes:
+        reason: What is wrong, without the file name.
+    """
+
+    def __init__(self, path: str | os.PathLike, action: str, reason: str) -> None:
+        super().__init__(f"cannot {action} {str(path)!r}: {reason}")
+        self.reason = reason
 
 
 def describe_os_error(error: OSError, path: str | os.PathLike | None = None,
@@ -102,13 +110,10 @@ def read_text_limited(path: str | os.PathLike, *, what: str,
         with open(path, "rb") as handle:
             data = handle.read(max_bytes + 1)
     if len(data) > max_bytes:
-        raise FileContentError(
-            f"cannot read {what} {str(path)!r}: larger than the limit of {max_bytes:,} bytes"
-        )
+        raise FileContentError(path, f"read {what}",
+                               f"larger than the limit of {max_bytes:,} bytes")
     try:
         return data.decode(encoding)
     except UnicodeDecodeError as error:
-        raise FileContentError(
-            f"cannot read {what} {str(path)!r}: not {encoding.upper()} text (bad byte at "
-            f"offset {error.start})"
-        ) from None
+        raise FileContentError(path, f"read {what}", f"not {encoding.upper()} text (bad byte "
+                               f"at offset {error.start})") from None

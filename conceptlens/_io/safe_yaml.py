@@ -29,11 +29,16 @@ class YamlError(ConceptlensError, ValueError):
     """A YAML text is malformed, or exceeds a safety limit; the message names the source.
 
     Attributes:
+        problem: What is wrong, without the location.
+        source: The file (or description) at fault.
         line: 1-based line of the problem, when known.
     """
 
-    def __init__(self, message: str, *, line: int | None = None) -> None:
-        super().__init__(message)
+    def __init__(self, problem: str, *, source: str, line: int | None = None) -> None:
+        where = f"{source}, line {line}" if line is not None else source
+        super().__init__(f"{where}: {problem}")
+        self.problem = problem
+        self.source = source
         self.line = line
 
 
@@ -69,12 +74,12 @@ def load_yaml(text: str, *, source: str = "<yaml>", max_alias_nodes: int = MAX_A
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
-        where = f"{source}, line {line}" if line is not None else source
         problem = getattr(error, "problem", None) or str(error)
-        raise YamlError(f"{where}: invalid YAML: {' '.join(str(problem).split())}",
+        raise YamlError(f"invalid YAML: {' '.join(str(problem).split())}", source=source,
                         line=line) from None
     except RecursionError:
-        raise YamlError(f"{source}: YAML nested too deeply (limit {max_depth} levels)") from None
+        raise YamlError(f"YAML nested too deeply (limit {max_depth} levels)",
+                        source=source) from None
     finally:
         loader.dispose()
 
@@ -122,5 +127,4 @@ def _check_expansion(root: yaml.Node, *, source: str, max_alias_nodes: int,
 
 def _limit_error(node: yaml.Node, source: str, problem: str) -> YamlError:
     line = node.start_mark.line + 1 if node.start_mark is not None else None
-    where = f"{source}, line {line}" if line is not None else source
-    return YamlError(f"{where}: {problem}", line=line)
+    return YamlError(problem, source=source, line=line)
