@@ -9,6 +9,7 @@ plus concept maps, annotation evaluation, zero-shot classification and retrieval
 from conceptlens.vocab.cache import FeatureCache
 from conceptlens.vocab.concept import Concept, VocabularyError
 from conceptlens.vocab.evaluation import evaluate_annotation
+from conceptlens.vocab.input_checks import InputChecks, InputQualitySummary
 from conceptlens.vocab.maps import ConceptMaps
 from conceptlens.vocab.prompts import (
     DERM7PT_TEMPLATE,
@@ -17,6 +18,7 @@ from conceptlens.vocab.prompts import (
     PromptTemplate,
     build_prompts,
 )
+from conceptlens.vocab.reference import EmbeddingReference
 from conceptlens.vocab.scorer import ConceptScorer, ScoringConfig, available_presets
 from conceptlens.vocab.scores import ConceptScores
 from conceptlens.vocab.vocabulary import ConceptVocabulary
@@ -31,7 +33,10 @@ __all__ = [
     "ConceptScorer",
     "ConceptScores",
     "ConceptVocabulary",
+    "EmbeddingReference",
     "FeatureCache",
+    "InputChecks",
+    "InputQualitySummary",
     "PromptTemplate",
     "ScoringConfig",
     "VocabularyError",
