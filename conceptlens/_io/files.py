@@ -10,7 +10,8 @@ from pathlib import Path
 
 from conceptlens.errors import ConceptlensError
 
-__all__ = ["FileAccessError", "FileContentError", "describe_os_error", "file_errors", "read_text_limited"]
+__all__ = ["FileAccessError", "FileContentError", "describe_os_error", "file_errors",
+           "os_error_reason", "read_text_limited"]
 
 #: Largest text file (vocabulary, YAML, JSON) read by default: 64 MiB.
 DEFAULT_MAX_TEXT_BYTES = 64 * 1024 * 1024
@@ -58,13 +59,19 @@ class FileContentError(ConceptlensError, ValueError):
         self.reason = reason
 
 
+def os_error_reason(error: OSError) -> str:
+    """What went wrong, in words, without the path (``"permission denied"``)."""
+    reason = _REASONS.get(error.errno or -1) or (error.strerror or str(error)).lower()
+    if error.filename2 is not None:
+        reason = f"{reason} ({error.filename2})"
+    return reason
+
+
 def describe_os_error(error: OSError, path: str | os.PathLike | None = None,
                       action: str | None = None) -> str:
     """``"cannot <action> '<path>': <reason>"`` for an :class:`OSError` (no ``[Errno N]``)."""
     name = path if path is not None else error.filename
-    reason = _REASONS.get(error.errno or -1) or (error.strerror or str(error)).lower()
-    if error.filename2 is not None:
-        reason = f"{reason} ({error.filename2})"
+    reason = os_error_reason(error)
     if name is None:
         return f"{action}: {reason}" if action else reason
     where = f"{str(name)!r}"

@@ -99,6 +99,11 @@ def read_dicom(
         raise ImageNotFoundError(name, "file not found")
 
     dataset = _read_dataset(pydicom, source, name)
+    if not any(keyword in dataset for keyword in _PIXEL_KEYWORDS) and not _looks_like_dicom(dataset):
+        raise ImageLoadError(
+            name, "corrupt or not a DICOM file: the header does not parse as DICOM (no SOP "
+            "class, no modality, no pixel data)"
+        )
     if not any(keyword in dataset for keyword in _PIXEL_KEYWORDS):
         raise ImageLoadError(
             name, f"DICOM file holds no pixel data (Modality {dataset.get('Modality', '?')}, "
@@ -306,7 +311,10 @@ def _read_dataset(pydicom: Any, source: Any, name: str) -> Any:
     except Exception as error:  # noqa: BLE001 - any failure here means "not DICOM"
         raise ImageLoadError(name, f"not a valid DICOM file ({error})") from error
     if not any(keyword in dataset for keyword in _PIXEL_KEYWORDS):
-        raise ImageLoadError(name, "not a valid DICOM file (no DICM marker, no pixel data)")
+        raise ImageLoadError(
+            name, "not a valid DICOM file (no 'DICM' marker at byte 128, and the content does not "
+            "parse as DICOM image data)"
+        )
     return dataset
 
 
@@ -347,3 +355,11 @@ def _sop_class_name(dataset: Any) -> str:
     if uid is None:
         return "unknown"
     return str(getattr(uid, "name", uid) or uid)
+
+
+def _looks_like_dicom(dataset: Any) -> bool:
+    """Whether a parsed dataset has the attributes every real DICOM object carries."""
+    try:
+        return any(keyword in dataset for keyword in ("SOPClassUID", "Modality", "StudyInstanceUID"))
+    except Exception:  # noqa: BLE001 - a garbage dataset may fail on lookup itself
+        return False

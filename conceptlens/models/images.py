@@ -27,6 +27,7 @@ MONOCHROME1 inversion, frame selection); see :func:`conceptlens.models.dicom.rea
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import warnings
@@ -37,6 +38,9 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TypeAlias
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from conceptlens._io.files import os_error_reason
+from conceptlens.errors import ConceptlensError
 
 if TYPE_CHECKING:
     import torch
@@ -63,7 +67,7 @@ DEFAULT_MAX_PIXELS: int = 2 * 89_478_485
 
 #: File-name suffixes (lower case) that :func:`is_image_file` accepts without reading the file.
 IMAGE_SUFFIXES: frozenset[str] = frozenset(
-    {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".dcm", ".dicom"}
+    {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".dcm", ".dicom"}
 )
 
 _DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
@@ -74,7 +78,7 @@ _DICOM_MAGIC = b"DICM"
 ImageSource: TypeAlias = "str | os.PathLike[str] | bytes | bytearray | memoryview | BinaryIO | Image.Image | np.ndarray | torch.Tensor"  # noqa: E501
 
 
-class ImageLoadError(ValueError):
+class ImageLoadError(ConceptlensError, ValueError):
     """An image could not be loaded; the message names the source and the reason.
 
     Parameters
@@ -150,6 +154,7 @@ def load_image(
     *,
     frame: int | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    default_frame: int | None = None,
 ) -> LoadedImage:
     """Load one image from a path, bytes, file object, PIL image, array or tensor as RGB.
 
@@ -167,7 +172,11 @@ def load_image(
         Intensities are converted as described in the module docstring.
     frame : int, optional
         Which frame of a multi-frame image (multi-frame DICOM, multi-page TIFF) to load,
-        counting from 0. Required when the image has more than one frame.
+        counting from 0. Required when the image has more than one frame, unless
+        ``default_frame`` is given.
+    default_frame : int, optional
+        The frame to take from *multi-frame* images when ``frame`` is not given; single-frame
+        images ignore it (this is the CLI's ``--frame``).
     max_pixels : int or None, default DEFAULT_MAX_PIXELS
         Refuse images with more than this many pixels (``width * height``), checked from the
         header before the pixels are decoded. ``None`` switches this guard off; Pillow's own
@@ -194,9 +203,13 @@ def load_image(
     ('RGB', (30, 20))
     """
     _check_max_pixels_argument(max_pixels)
+    if frame is None and default_frame is not None:
+        frame = _DefaultFrame(default_frame)
     if isinstance(source, (str, os.PathLike)):
         return _load_path(Path(source), frame=frame, max_pixels=max_pixels)
     if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise ImageLoadError("<bytes>", "empty data (0 bytes)")
         return _load_stream(io.BytesIO(bytes(source)), "<bytes>", frame=frame,
                             max_pixels=max_pixels)
     if isinstance(source, Image.Image):
@@ -432,10 +445,19 @@ def to_uint8(array: np.ndarray) -> tuple[np.ndarray, str]:
 
 def _load_path(path: Path, *, frame: int | None, max_pixels: int | None) -> LoadedImage:
     name = str(path)
-    if not path.exists():
-        raise ImageNotFoundError(name, "file not found")
+    try:
+        size = path.stat().st_size
+    except OSError as error:
+        if path.is_symlink() and error.errno == errno.ENOENT:
+            raise ImageNotFoundError(name, "broken symbolic link (its target does not exist)") \
+                from None
+        if error.errno == errno.ENOENT:
+            raise ImageNotFoundError(name, "file not found") from None
+        raise ImageLoadError(name, os_error_reason(error)) from None
     if path.is_dir():
         raise ImageLoadError(name, "is a directory, not an image file")
+    if size == 0:
+        raise ImageLoadError(name, "empty file (0 bytes)")
     if path.suffix.lower() in _DICOM_SUFFIXES or has_dicom_magic(path):
         from conceptlens.models.dicom import read_dicom
 
@@ -447,7 +469,7 @@ def _load_path(path: Path, *, frame: int | None, max_pixels: int | None) -> Load
     except OSError as error:
         if isinstance(error, ImageLoadError):
             raise
-        raise ImageLoadError(name, f"cannot read file ({error})") from error
+        raise ImageLoadError(name, os_error_reason(error)) from error
 
 
 def _load_stream(stream: BinaryIO, name: str, *, frame: int | None, max_pixels: int | None,
@@ -508,7 +530,7 @@ def _load_pil(image: Image.Image, name: str, *, frame: int | None,
 def _load_array(array: np.ndarray, name: str, *, channels_first: bool, frame: int | None,
                 max_pixels: int | None) -> LoadedImage:
     original_dtype = str(array.dtype)
-    if frame not in (None, 0):
+    if frame not in (None, 0) and not isinstance(frame, _DefaultFrame):
         raise ImageLoadError(name, f"frame={frame} requested but an array holds a single frame")
     pixels = _to_channels_last(np.asarray(array), name, channels_first=channels_first)
     height, width = pixels.shape[:2]
@@ -623,11 +645,20 @@ def _interpolation_axis(n_out: int, n_cells: int,
     return low, high, position - low
 
 
+class _DefaultFrame(int):
+    """A frame index that applies to multi-frame images only (``default_frame=``)."""
+
+
 def _resolve_frame(name: str, frame: int | None, n_frames: int) -> int:
+    if isinstance(frame, _DefaultFrame):
+        if n_frames == 1:
+            return 0
+        frame = int(frame)
     if frame is None:
         if n_frames > 1:
             raise ImageLoadError(
-                name, f"has {n_frames} frames; pass frame= (0 to {n_frames - 1}) to pick one"
+                name, f"has {n_frames} frames; pass frame= (0 to {n_frames - 1}) to pick one "
+                "(on the command line: --frame)"
             )
         return 0
     if isinstance(frame, bool) or not isinstance(frame, (int, np.integer)):

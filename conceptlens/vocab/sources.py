@@ -9,16 +9,37 @@ needs its pixels, and so that one unreadable file fails alone (the scorer report
 
 Image ids
 ---------
-* a path (given directly, found in a folder, or listed in a manifest): the path as a string;
+One rule, so that a labels file written by hand matches the score table:
+
+* a folder: the file's path *relative to that folder*, with ``/`` separators
+  (``benign/robot_28949.png``); the folder's own location never enters the id, so a score
+  table made on one machine matches labels made on another;
+* a CSV manifest: its id column (``image_id`` / ``id``) if present, else the path cell as
+  written in the manifest (relative paths resolve against the manifest's folder);
+* a path given directly: the path as given;
 * an item of a mapping ``{id: image}``: its key;
 * a ``dict`` item with an ``"id"`` / ``"image_id"`` key (e.g. from a dataset): that value;
+* an :class:`ImageSource` (e.g. built by the CLI): its own id;
 * anything else: ``"image_<position>"``.
 
 Repeated ids get a ``"#2"``, ``"#3"`` ... suffix so that the rows of a table stay unique.
+Tables of labels or decisions are matched to these ids by id, relative path or file name
+(:mod:`conceptlens._io.image_keys`).
+
+What a folder skips, and says so
+--------------------------------
+Folders are walked recursively in sorted order. Hidden entries (names starting with ``.``)
+are ignored. Everything else that is not an image is *reported*, not dropped: it becomes an
+item whose ``load`` raises :class:`SkippedFileError` with the reason (a file with another
+suffix, a broken symbolic link, a symbolic-link loop, a folder that cannot be listed), so
+it shows up in ``ConceptScores.errors`` and in the CLI's "skipped" lines while every image
+is scored. Symbolic links to folders are followed once (a link back into a folder already
+walked is reported as a loop).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,14 +49,32 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from conceptlens.models.images import LoadedImage, is_image_file, load_image
+from conceptlens._io.files import os_error_reason
+from conceptlens._io.tables import line_of, read_table
+from conceptlens.errors import ConceptlensError
+from conceptlens.models.images import IMAGE_SUFFIXES, LoadedImage, has_dicom_magic, load_image
 
-__all__ = ["ImageSource", "MANIFEST_PATH_COLUMNS", "count_images", "iter_image_sources"]
+__all__ = [
+    "ImageSource",
+    "MANIFEST_PATH_COLUMNS",
+    "SkippedFileError",
+    "count_images",
+    "iter_image_sources",
+]
 
 #: Column names tried, in order, for the image path of a CSV manifest.
 MANIFEST_PATH_COLUMNS: tuple[str, ...] = ("path", "image_path", "image", "file", "filename")
 _MANIFEST_ID_COLUMNS: tuple[str, ...] = ("image_id", "id")
 _DICT_IMAGE_KEYS: tuple[str, ...] = ("image", "img", "pixel_values", "path", "file")
+
+
+class SkippedFileError(ConceptlensError, ValueError):
+    """A folder entry that is not scored, with the reason (see the module docstring)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"skipped {path!r}: {reason}")
+        self.path = path
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -59,6 +98,7 @@ def iter_image_sources(
     *,
     path_column: str | None = None,
     id_column: str | None = None,
+    frame: int | None = None,
 ) -> Iterator[ImageSource]:
     """Expand an image collection into :class:`ImageSource` items, lazily.
 
@@ -78,13 +118,17 @@ def iter_image_sources(
             :data:`MANIFEST_PATH_COLUMNS` present).
         id_column: Manifest column holding image ids (default: ``"image_id"`` or ``"id"`` if
             present, else the path as written).
+        frame: Frame to read from multi-frame files (multi-frame DICOM, multi-page TIFF,
+            animated GIF) found by path; single-frame files ignore it. Without it, a
+            multi-frame file fails alone with a message saying so.
 
     Yields:
         ImageSource: in input order, ids made unique.
 
     Raises:
         FileNotFoundError: ``images`` is a path that does not exist.
-        ValueError: A manifest without a usable path column, or an empty folder.
+        ValueError: A manifest without a usable path column, a folder without any image
+            file, or a negative ``frame``.
         TypeError: ``images`` is of a type that holds no images (e.g. an int).
 
     Examples:
@@ -93,7 +137,9 @@ def iter_image_sources(
         ['image_0', 'image_1']
     """
     seen: dict[str, int] = {}
-    for source in _expand(images, path_column=path_column, id_column=id_column):
+    if frame is not None and (isinstance(frame, bool) or not isinstance(frame, int) or frame < 0):
+        raise ValueError(f"frame must be a non-negative int or None, got {frame!r}")
+    for source in _expand(images, path_column=path_column, id_column=id_column, frame=frame):
         count = seen.get(source.image_id, 0) + 1
         seen[source.image_id] = count
         if count > 1:
@@ -127,9 +173,14 @@ def count_images(images: Any) -> int | None:
 # ----------------------------------------------------------------------------------------------
 
 
-def _expand(images: Any, *, path_column: str | None, id_column: str | None) -> Iterator[ImageSource]:
+def _expand(images: Any, *, path_column: str | None, id_column: str | None,
+            frame: int | None) -> Iterator[ImageSource]:
+    if isinstance(images, ImageSource):
+        yield images
+        return
     if isinstance(images, (str, os.PathLike)):
-        yield from _expand_path(Path(images), path_column=path_column, id_column=id_column)
+        yield from _expand_path(Path(images), path_column=path_column, id_column=id_column,
+                                frame=frame)
         return
     if isinstance(images, (Image.Image, bytes, bytearray)):
         yield _single("image_0", images)
@@ -151,7 +202,10 @@ def _expand(images: Any, *, path_column: str | None, id_column: str | None) -> I
         return
     if isinstance(images, Iterable):
         for index, item in enumerate(images):
-            yield _item_source(f"image_{index}", item, infer_id=True)
+            if isinstance(item, ImageSource):
+                yield item
+            else:
+                yield _item_source(f"image_{index}", item, infer_id=True, frame=frame)
         return
     raise TypeError(
         f"images must be a path, a folder, a CSV manifest, a PIL image, an array, a tensor, a "
@@ -159,48 +213,116 @@ def _expand(images: Any, *, path_column: str | None, id_column: str | None) -> I
     )
 
 
-def _expand_path(path: Path, *, path_column: str | None, id_column: str | None) -> Iterator[ImageSource]:
+def _expand_path(path: Path, *, path_column: str | None, id_column: str | None,
+                 frame: int | None) -> Iterator[ImageSource]:
     if not path.exists():
+        if path.is_symlink():
+            raise FileNotFoundError(f"image source {path} is a broken symbolic link")
         raise FileNotFoundError(f"image source not found: {path}")
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if is_image_file(p))
-        if not files:
-            raise ValueError(f"no image files found in folder {path}")
-        for file in files:
-            yield _single(str(file), file)
+        entries = list(_walk_folder(path))
+        if not any(reason is None for _, _, reason in entries):
+            skipped = f" ({len(entries)} other file(s) skipped)" if entries else ""
+            raise ValueError(f"no image files found in folder {path}{skipped}")
+        for image_id, file, reason in entries:
+            if reason is None:
+                yield _single(image_id, file, frame=frame)
+            else:
+                yield ImageSource(image_id, _raiser(SkippedFileError(str(file), reason)))
         return
     if path.suffix.lower() == ".csv":
-        yield from _expand_manifest(path, path_column=path_column, id_column=id_column)
+        yield from _expand_manifest(path, path_column=path_column, id_column=id_column,
+                                    frame=frame)
         return
-    yield _single(str(path), path)
+    yield _single(str(path), path, frame=frame)
 
 
-def _expand_manifest(path: Path, *, path_column: str | None, id_column: str | None) -> Iterator[ImageSource]:
-    import pandas as pd
+def _walk_folder(root: Path) -> Iterator[tuple[str, Path, str | None]]:
+    """``(id, path, skip reason or None)`` for every non-hidden entry under ``root``, sorted
+    by id; symbolic links to folders are followed once (loops reported)."""
+    found: list[tuple[str, Path, str | None]] = []
+    visited: set[str] = set()
 
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    column = path_column or next((c for c in MANIFEST_PATH_COLUMNS if c in frame.columns), None)
-    if column is None or column not in frame.columns:
+    def report(error: OSError) -> None:
+        where = Path(error.filename) if error.filename else root
+        found.append((_relative(where, root), where,
+                      "folder cannot be listed: " + os_error_reason(error)))
+
+    for folder, dirs, files in os.walk(root, followlinks=True, onerror=report):
+        real = os.path.realpath(folder)
+        if real in visited:
+            found.append((_relative(Path(folder), root), Path(folder),
+                          "symbolic link loop (folder already walked); not followed"))
+            dirs[:] = []
+            continue
+        visited.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if name.startswith("."):
+                continue
+            file = Path(folder) / name
+            found.append((_relative(file, root), file, _skip_reason(file)))
+        for name in list(dirs):
+            sub = Path(folder) / name
+            if sub.is_symlink() and os.path.realpath(sub) in visited | {real}:
+                found.append((_relative(sub, root), sub,
+                              "symbolic link loop (points to a folder above it); not followed"))
+                dirs.remove(name)
+    # os.walk reports a looping symlink to a folder as a *file* entry; broken links too
+    found.sort(key=lambda item: item[0])
+    yield from found
+
+
+def _skip_reason(file: Path) -> str | None:
+    """``None`` for an image file; otherwise why it is not scored."""
+    try:
+        file.stat()
+    except OSError as error:
+        if file.is_symlink():
+            if error.errno == errno.ELOOP:
+                return "symbolic link loop"
+            return "broken symbolic link (its target does not exist)"
+        return "cannot be read: " + os_error_reason(error)
+    if file.suffix.lower() in IMAGE_SUFFIXES or has_dicom_magic(file):
+        return None
+    suffix = file.suffix.lower() or "no suffix"
+    return (f"not an image file ({suffix}; images are "
+            f"{', '.join(sorted(IMAGE_SUFFIXES))} or DICOM without a suffix)")
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def _expand_manifest(path: Path, *, path_column: str | None, id_column: str | None,
+                     frame: int | None) -> Iterator[ImageSource]:
+    table = read_table(path, what="manifest")
+    column = path_column or next((c for c in MANIFEST_PATH_COLUMNS if c in table.columns), None)
+    if column is None or column not in table.columns:
         wanted = repr(path_column) if path_column else " or ".join(map(repr, MANIFEST_PATH_COLUMNS))
         raise ValueError(
-            f"manifest {path} has no path column {wanted}; columns are {list(frame.columns)} "
+            f"manifest {path} has no path column {wanted}; columns are {list(table.columns)} "
             "(pass path_column=...)"
         )
-    if id_column is not None and id_column not in frame.columns:
-        raise ValueError(f"manifest {path} has no id column {id_column!r}; columns are {list(frame.columns)}")
-    ids = id_column or next((c for c in _MANIFEST_ID_COLUMNS if c in frame.columns), None)
+    if id_column is not None and id_column not in table.columns:
+        raise ValueError(f"manifest {path} has no id column {id_column!r}; columns are {list(table.columns)}")
+    ids = id_column or next((c for c in _MANIFEST_ID_COLUMNS if c in table.columns), None)
     base = path.parent
-    for row_number, (written, image_id) in enumerate(
-        zip(frame[column], frame[ids] if ids else frame[column], strict=True), start=2
+    for position, (written, image_id) in enumerate(
+        zip(table[column], table[ids] if ids else table[column], strict=True)
     ):
         if not written.strip():
-            yield ImageSource(image_id or f"{path.name}:row{row_number}",
-                              _raiser(ValueError(f"manifest {path} row {row_number}: empty path")))
+            where = line_of(table, position)
+            yield ImageSource(image_id or f"{path.name}:{where.replace(' ', '')}",
+                              _raiser(ValueError(f"manifest {path}, {where}: empty path")))
             continue
         file = Path(written)
         if not file.is_absolute():
             file = base / file
-        yield _single(image_id or written, file)
+        yield _single(image_id or written, file, frame=frame)
 
 
 def _dataset_source(dataset: Any, index: int) -> ImageSource:
@@ -210,7 +332,8 @@ def _dataset_source(dataset: Any, index: int) -> ImageSource:
     return ImageSource(f"image_{index}", load)
 
 
-def _item_source(default_id: str, item: Any, *, infer_id: bool = False) -> ImageSource:
+def _item_source(default_id: str, item: Any, *, infer_id: bool = False,
+                 frame: int | None = None) -> ImageSource:
     image_id = default_id
     if infer_id:
         if isinstance(item, (str, os.PathLike)):
@@ -219,14 +342,16 @@ def _item_source(default_id: str, item: Any, *, infer_id: bool = False) -> Image
             image_id = next((str(item[k]) for k in _MANIFEST_ID_COLUMNS if k in item), default_id)
             if image_id == default_id and isinstance(item.get("path"), (str, os.PathLike)):
                 image_id = str(item["path"])
-    return ImageSource(image_id, lambda: _load_item(item, image_id))
+    return ImageSource(image_id, lambda: _load_item(item, image_id, frame=frame))
 
 
-def _single(image_id: str, source: Any) -> ImageSource:
-    return ImageSource(image_id, lambda: load_image(source))
+def _single(image_id: str, source: Any, *, frame: int | None = None) -> ImageSource:
+    if frame is None:
+        return ImageSource(image_id, lambda: load_image(source))
+    return ImageSource(image_id, lambda: load_image(source, default_frame=frame))
 
 
-def _load_item(item: Any, where: str) -> LoadedImage:
+def _load_item(item: Any, where: str, *, frame: int | None = None) -> LoadedImage:
     if isinstance(item, Mapping):
         key = next((k for k in _DICT_IMAGE_KEYS if k in item), None)
         if key is None:
@@ -234,6 +359,8 @@ def _load_item(item: Any, where: str) -> LoadedImage:
         item = item[key]
     elif isinstance(item, (tuple, list)) and item:
         item = item[0]
+    if frame is not None and isinstance(item, (str, os.PathLike)):
+        return load_image(item, default_frame=frame)
     return load_image(item)
 
 

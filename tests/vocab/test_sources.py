@@ -6,7 +6,7 @@ from PIL import Image
 
 from conceptlens.models.images import ImageLoadError
 from conceptlens.vocab.scorer import ConceptScorer
-from conceptlens.vocab.sources import count_images, iter_image_sources
+from conceptlens.vocab.sources import SkippedFileError, count_images, iter_image_sources
 from tests.vocab.conftest import make_image
 
 
@@ -19,9 +19,13 @@ def test_folder_is_walked_recursively_in_sorted_order(image_folder):
     sub.mkdir()
     make_image(9).save(sub / "deep.jpg")
     (image_folder / "notes.txt").write_text("not an image")
-    ids = _ids(image_folder)
-    assert ids == sorted(ids) and len(ids) == 6
-    assert str(sub / "deep.jpg") in ids and not any(i.endswith(".txt") for i in ids)
+    sources = list(iter_image_sources(image_folder))
+    ids = [s.image_id for s in sources]
+    # ids are paths relative to the folder; the text file is reported, not dropped
+    assert ids == sorted(ids) and len(ids) == 7
+    assert "sub/deep.jpg" in ids and "notes.txt" in ids
+    with pytest.raises(SkippedFileError, match=r"notes\.txt'.*not an image file \(\.txt"):
+        sources[ids.index("notes.txt")].load()
 
 
 def test_loading_is_lazy_and_returns_rgb(image_folder):
