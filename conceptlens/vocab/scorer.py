@@ -448,7 +448,7 @@ def _encode_batch(
     if cache is not None:
         for i, item in enumerate(loaded):
             keys[i] = cache.key(image_content_hash(item.image), backbone.identity)
-            hit = cache.get(keys[i])
+            hit = cache.get(keys[i], embed_dim=backbone.embed_dim)
             if hit is not None:
                 found[i] = (hit.global_embed, hit.patch_embeds, hit.grid_size)
     pixels: list[torch.Tensor] = []
