@@ -11,8 +11,12 @@ stored bit-exactly as ``uint16``), in a NumPy ``.npz`` file read with ``allow_pi
 * **Atomic writes**: each entry is written to a temporary file in the same folder and moved
   into place with :func:`os.replace`; a reader never sees half an entry, and a run killed
   mid-way leaves every finished entry usable.
-* **Integrity**: each entry stores a SHA-256 of its arrays; an entry that fails to load or
-  whose checksum does not match is deleted and reported as a miss (it is then recomputed).
+* **Integrity**: each entry stores a SHA-256 of its arrays; an entry that fails to load,
+  whose checksum does not match, whose arrays disagree with each other (global ``(D,)`` vs
+  patch ``(P, D)`` vs grid) or with the shape the caller expects (``embed_dim=``) is
+  deleted and reported as a miss (it is then recomputed). The checksum proves that an entry
+  is intact, not which image it belongs to: anyone who can write to the cache folder can
+  plant features under any key, so keep the folder as private as the images.
 * **Bounded size**: with ``max_bytes``, the least recently used entries (by file
   modification time, refreshed on every hit) are evicted after each write.
 """
@@ -126,8 +130,14 @@ class FeatureCache:
 
     # -- access -----------------------------------------------------------------------------
 
-    def get(self, key: str) -> CachedFeatures | None:
-        """The entry for ``key``, or ``None`` if absent or corrupt (corrupt ones are deleted)."""
+    def get(self, key: str, *, embed_dim: int | None = None) -> CachedFeatures | None:
+        """The entry for ``key``, or ``None`` if absent or corrupt (corrupt ones are deleted).
+
+        Args:
+            key: From :meth:`key`.
+            embed_dim: The embedding width the caller's backbone produces; an entry of
+                another width (intact but not from this model) counts as corrupt.
+        """
         path = self.path_for(key)
         if not path.is_file():
             self.misses += 1
@@ -135,6 +145,9 @@ class FeatureCache:
         try:
             features = _read_entry(path)
         except (OSError, ValueError, KeyError, EOFError, TypeError, zipfile.BadZipFile):
+            features = None
+        if (features is not None and embed_dim is not None
+                and features.global_embed.shape[0] != embed_dim):
             features = None
         if features is None:
             self.corrupt += 1
@@ -293,7 +306,9 @@ def _read_entry(path: Path) -> CachedFeatures | None:
             return None
         grid = tuple(int(v) for v in data["grid"])
         dtype_name = str(data["dtype"])
-    if len(grid) != 2 or grid[0] * grid[1] != patch_array.shape[0]:
+    if (global_array.ndim != 1 or patch_array.ndim != 2 or len(grid) != 2
+            or min(grid) < 1 or grid[0] * grid[1] != patch_array.shape[0]
+            or patch_array.shape[1] != global_array.shape[0] or global_array.shape[0] == 0):
         return None
     return CachedFeatures(
         global_embed=_from_numpy(global_array, dtype_name),
