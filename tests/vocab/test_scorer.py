@@ -42,8 +42,9 @@ def _raw_outputs(model, processor, images, texts):
     return out, encoded
 
 
-def _direct_scores(model, processor, images, *, mode, calibration, aggregation="mean", top_k=5):
-    """Scores from the raw model outputs: one template (Derm7pt), names only, span token vectors."""
+def _direct_scores(model, processor, images, *, mode, calibration, aggregation="max", top_k=5):
+    """Scores from the raw model outputs: one template (Derm7pt), names only, span token vectors;
+    ``aggregation`` defaults to the scorer's default, RC-Align's max over patches."""
     texts, spans = [], []
     for name in CONCEPTS:
         text, span = DERM7PT_TEMPLATE.fill(name)
@@ -102,7 +103,7 @@ def test_scores_equal_direct_computation_from_model_outputs(tiny, tiny_images, d
     assert scores.image_ids == ["image_0", "image_1", "image_2"]
 
 
-@pytest.mark.parametrize("aggregation", ["max", "topk"])
+@pytest.mark.parametrize("aggregation", ["mean", "topk"])
 def test_local_aggregations_equal_direct_computation(tiny, tiny_images, derm_vocab, aggregation):
     model, processor, backbone = tiny
     scorer = ConceptScorer(backbone, derm_vocab, mode="local", calibration="sigmoid",
@@ -158,11 +159,23 @@ def test_patch_scores_mean_gives_local_score(tiny, tiny_images, derm_vocab):
     _, _, backbone = tiny
     for calibration, link in [("cosine", lambda x: x), ("sigmoid", torch.sigmoid),
                               ("paired_softmax", torch.sigmoid)]:
-        scorer = ConceptScorer(backbone, derm_vocab, mode="local", calibration=calibration, progress=False)
+        scorer = ConceptScorer(backbone, derm_vocab, mode="local", calibration=calibration,
+                               aggregation="mean", progress=False)
         pixels = backbone.preprocess(tiny_images)
         patch = scorer.patch_scores_tensor(pixels)
         assert patch.shape == (3, len(CONCEPTS), 64)
         np.testing.assert_allclose(link(patch.mean(-1)).detach().numpy(),
+                                   scorer.score(tiny_images).to_numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_patch_scores_max_gives_default_local_score(tiny, tiny_images, derm_vocab):
+    """With the default (RC-Align) max aggregation the monotone links commute with the max."""
+    _, _, backbone = tiny
+    for calibration, link in [("cosine", lambda x: x), ("sigmoid", torch.sigmoid)]:
+        scorer = ConceptScorer(backbone, derm_vocab, mode="local", calibration=calibration, progress=False)
+        assert scorer.config.aggregation == "max"
+        patch = scorer.patch_scores_tensor(backbone.preprocess(tiny_images))
+        np.testing.assert_allclose(link(patch.amax(-1)).detach().numpy(),
                                    scorer.score(tiny_images).to_numpy(), rtol=1e-5, atol=1e-6)
 
 
