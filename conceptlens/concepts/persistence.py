@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import math
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from conceptlens.concepts._inputs import check_vocabulary
+from conceptlens.errors import ConceptlensError
 
 __all__ = ["load_bottleneck", "save_bottleneck"]
 
@@ -25,6 +27,11 @@ FORMAT_VERSION = 1
 JSON_NAME = "bottleneck.json"
 ARRAYS_NAME = "bottleneck.npz"
 _SHARED_ARRAYS = ("coef_", "intercept_", "mean_", "scale_")
+
+
+class BottleneckFileError(ConceptlensError, ValueError):
+    """A saved bottleneck's files are malformed or disagree with each other; the message
+    names the file and what is wrong."""
 
 
 def _registry() -> dict[str, type]:
@@ -135,10 +142,11 @@ def load_bottleneck(path: str | Path, *, vocabulary_hash: str | None = None) -> 
             raise FileNotFoundError(f"saved bottleneck incomplete: {p} not found")
     try:
         meta = json.loads(json_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{json_path} is not valid JSON: {exc}") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise BottleneckFileError(f"{json_path} is not valid JSON: {exc}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ValueError(f"{json_path} is not a conceptlens bottleneck file")
+    _check_keys(meta, json_path)
     if int(meta.get("format_version", -1)) > FORMAT_VERSION:
         raise ValueError(
             f"{json_path} has format version {meta['format_version']}; this conceptlens reads "
@@ -150,9 +158,12 @@ def load_bottleneck(path: str | Path, *, vocabulary_hash: str | None = None) -> 
         raise ValueError(f"{json_path}: unknown estimator {meta.get('estimator')!r}")
     check_vocabulary(meta.get("vocabulary_hash"), vocabulary_hash, where=str(folder))
 
-    model = cls(**from_json_value(meta["params"]))
-    with np.load(npz_path, allow_pickle=False) as npz:
-        arrays = {k: npz[k] for k in npz.files}
+    model = _construct(cls, meta["params"], json_path)
+    try:
+        with np.load(npz_path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise BottleneckFileError(f"{npz_path} is not a readable array file ({exc})") from None
     missing = [a for a in _SHARED_ARRAYS + cls._array_attributes if a not in arrays]
     if missing:
         raise ValueError(f"{npz_path} lacks arrays {missing}")
@@ -168,7 +179,78 @@ def load_bottleneck(path: str | Path, *, vocabulary_hash: str | None = None) -> 
         model.feature_names_in_ = np.asarray(meta["feature_names_in"], dtype=object)
     for a, v in meta.get("attributes", {}).items():
         setattr(model, a, from_json_value(v))
-    if model.coef_.shape != (model.intercept_.shape[0], model.n_features_in_):
-        raise ValueError(f"{npz_path}: coef_ shape {model.coef_.shape} does not match the metadata")
+    _check_integrity(model, json_path, npz_path)
     model._restore_after_load()
     return model
+
+
+_REQUIRED_KEYS = ("estimator", "params", "classes", "concept_ids", "concept_names",
+                  "vocabulary_hash", "backbone", "n_features_in")
+
+
+def _check_keys(meta: dict[str, Any], json_path: Path) -> None:
+    missing = [key for key in _REQUIRED_KEYS if key not in meta]
+    if missing:
+        raise BottleneckFileError(f"{json_path}: missing field(s) {', '.join(missing)}")
+    if not isinstance(meta["params"], dict):
+        raise BottleneckFileError(f"{json_path}: 'params' must be a mapping")
+    if not isinstance(meta["concept_ids"], list) or not isinstance(meta["concept_names"], dict):
+        raise BottleneckFileError(f"{json_path}: 'concept_ids' must be a list and "
+                                  "'concept_names' a mapping")
+
+
+def _construct(cls: type, params: dict[str, Any], json_path: Path) -> Any:
+    """``cls(**params)``, naming the file and any parameter the class does not take."""
+    try:
+        params = from_json_value(params)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise BottleneckFileError(f"{json_path}: malformed 'params' ({exc})") from None
+    if not isinstance(params, dict):
+        raise BottleneckFileError(f"{json_path}: 'params' must be a mapping")
+    known = set(cls._get_param_names())
+    unknown = sorted(str(k) for k in params if k not in known)
+    if unknown:
+        raise BottleneckFileError(
+            f"{json_path}: unknown parameter(s) {', '.join(map(repr, unknown))} for "
+            f"{cls.__name__}; known: {', '.join(sorted(known))}"
+        )
+    try:
+        return cls(**params)
+    except (TypeError, ValueError) as exc:
+        raise BottleneckFileError(f"{json_path}: invalid parameters for {cls.__name__} "
+                                  f"({exc})") from None
+
+
+def _check_integrity(model: Any, json_path: Path, npz_path: Path) -> None:
+    """The JSON metadata and the arrays must describe the same model: class count vs
+    coefficient rows, concept count vs coefficient columns, finite numbers."""
+    classes = np.asarray(model.classes_)
+    n_features = model.n_features_in_
+    if classes.ndim != 1 or len(classes) < 2:
+        raise BottleneckFileError(f"{json_path}: 'classes' must list at least two classes, "
+                                  f"got {len(np.atleast_1d(classes))}")
+    if len(set(classes.tolist())) != len(classes):
+        raise BottleneckFileError(f"{json_path}: 'classes' lists a class twice")
+    rows = 1 if len(classes) == 2 else len(classes)
+    coef, intercept = np.asarray(model.coef_), np.asarray(model.intercept_)
+    if coef.shape != (rows, n_features) or intercept.shape != (rows,):
+        raise BottleneckFileError(
+            f"{json_path} and {npz_path} disagree: {len(classes)} classes and {n_features} "
+            f"concepts need coef_ of shape {(rows, n_features)} and intercept_ of shape "
+            f"{(rows,)}, the arrays have {coef.shape} and {intercept.shape}"
+        )
+    if len(model.concept_ids_) != n_features:
+        raise BottleneckFileError(f"{json_path}: {len(model.concept_ids_)} concept ids for "
+                                  f"{n_features} features")
+    names = getattr(model, "feature_names_in_", None)
+    if names is not None and len(names) != n_features:
+        raise BottleneckFileError(f"{json_path}: {len(names)} feature names for "
+                                  f"{n_features} features")
+    for name in _SHARED_ARRAYS:
+        values = np.asarray(getattr(model, name))
+        if name in ("mean_", "scale_") and values.shape != (n_features,):
+            raise BottleneckFileError(f"{npz_path}: {name} has shape {values.shape}, expected "
+                                      f"({n_features},)")
+        if values.dtype.kind not in "biuf" or not np.all(np.isfinite(values)):
+            raise BottleneckFileError(f"{npz_path}: {name} holds non-finite or non-numeric "
+                                      "values")
