@@ -276,11 +276,17 @@ def _telling_examples(table: pd.DataFrame, names: Mapping[str, str], decisions: 
     scores highest on each concept."""
     from conceptlens.models.images import load_image
 
+    skipped: list[str] = []
+
     def fetch(image_id: str) -> Any:
-        source = images(image_id) if callable(images) else images.get(image_id)
-        if source is None:
+        try:
+            source = images(image_id) if callable(images) else images.get(image_id)
+            if source is None:
+                return None
+            return source if isinstance(source, Image.Image) else load_image(source).image
+        except (ValueError, OSError) as error:  # one unreadable thumbnail never sinks the report
+            skipped.append(f"{image_id} ({getattr(error, 'reason', error)})")
             return None
-        return source if isinstance(source, Image.Image) else load_image(source).image
 
     chosen: list[tuple[str, str]] = []
     if labels is not None:
@@ -302,4 +308,7 @@ def _telling_examples(table: pd.DataFrame, names: Mapping[str, str], decisions: 
         top = row.sort_values(ascending=False).head(3)
         details = {"why": why, **{names.get(c, c): round(float(v), 3) for c, v in top.items()}}
         gallery.add(image, str(image_id), details=details, max_side=128)
+    if skipped:
+        gallery.caption += (f" {len(skipped)} thumbnail(s) could not be loaded and are left out: "
+                            + "; ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
     return gallery
