@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +124,27 @@ def _report_errors(errors: pd.DataFrame) -> None:
         print(f"conceptlens: skipped {row.image}: {row.reason}", file=sys.stderr)
 
 
+def _report_input_warnings(frame: pd.DataFrame) -> None:
+    """One plain line per input warning (scored, but not to be trusted), like skipped images."""
+    for row in frame.itertuples(index=False):
+        print(f"conceptlens: warning {row.image_id}: {row.kind}: {row.message}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _input_warnings_as_lines() -> Iterator[None]:
+    """Print the scorer's InputQualitySummary warnings as per-image lines; pass others on."""
+    from conceptlens.vocab.input_checks import InputQualitySummary
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for item in caught:
+        if isinstance(item.message, InputQualitySummary):
+            _report_input_warnings(item.message.warnings)
+        else:
+            warnings.warn_explicit(item.message, item.category, item.filename, item.lineno)
+
+
 # ---------------------------------------------------------------------------- score
 def run_score(args: argparse.Namespace) -> None:
     """Score images against a vocabulary and write a parquet / CSV score table (``score``)."""
@@ -129,15 +153,18 @@ def run_score(args: argparse.Namespace) -> None:
         raise ValueError(f"--out {out} must end in .parquet or .csv")
     backbone = _backbone(args)
     vocabulary = _vocabulary(args.vocab, args.model)
-    scores = _scorer(args, backbone, vocabulary).score(_image_sources(args.images))
+    with _input_warnings_as_lines():
+        scores = _scorer(args, backbone, vocabulary).score(_image_sources(args.images))
     _report_errors(scores.errors)
     if len(scores) == 0:
         raise ValueError("no image could be scored (see the errors above)")
     scores.save(out)
     if len(scores.errors):
         scores.errors.to_csv(out.with_name(out.stem + ".errors.csv"), index=False)
+    flagged = len(scores.flagged_ids)
     print(f"scored {len(scores)} image(s) x {len(vocabulary)} concepts -> {out}"
-          + (f" ({len(scores.errors)} skipped)" if len(scores.errors) else ""))
+          + (f" ({len(scores.errors)} skipped)" if len(scores.errors) else "")
+          + (f" ({flagged} with input warnings)" if flagged else ""))
 
 
 # ---------------------------------------------------------------------------- fit
@@ -171,8 +198,10 @@ def run_explain(args: argparse.Namespace) -> None:
         from conceptlens.concepts import load_bottleneck
 
         bottleneck = load_bottleneck(args.bottleneck)
-    report, errors = explain_images(scorer, _image_sources(args.images), bottleneck=bottleneck, method=args.method,
-                                    top_k=args.top_k, n_steps=args.n_steps, notice=model_notice(backbone))
+    with _input_warnings_as_lines():
+        report, errors = explain_images(scorer, _image_sources(args.images), bottleneck=bottleneck,
+                                        method=args.method, top_k=args.top_k, n_steps=args.n_steps,
+                                        notice=model_notice(backbone))
     _report_errors(errors)
     html_path, json_path = report.save(args.out, args.name)
     print(f"explanation report -> {html_path} (numbers in {json_path.name})"
@@ -255,5 +284,7 @@ def run_demo(args: argparse.Namespace) -> None:
 
     summary = demo(args.out, n=args.n, n_explain=args.n_explain, seed=args.seed,
                    progress=not args.quiet)
+    _report_input_warnings(pd.DataFrame(summary.get("input_warnings") or [],
+                                        columns=["image_id", "kind", "message"]))
     print(json.dumps(summary["headline"], indent=2))
     print(f"reports and summary -> {summary['out']}")

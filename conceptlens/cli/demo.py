@@ -10,15 +10,22 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from PIL import Image
+
+from conceptlens.errors import InputQualityWarning
 
 __all__ = ["run_demo"]
 
 ARTIFACT = "artifact:ink_marking"
+
+#: Id of the grayscale copy of a demo image that the demo scores to show an input warning.
+PROBE_ID = "probe_grayscale.png"
 
 
 def run_demo(
@@ -34,7 +41,10 @@ def run_demo(
     """Run the demo end to end and write its reports into ``out``.
 
     Writes ``scores.parquet``, ``annotation.csv``, ``bottleneck/``, ``explanation.html`` /
-    ``.json``, ``audit.html`` / ``.json`` and ``summary.json``.
+    ``.json``, ``audit.html`` / ``.json`` and ``summary.json``. The summary's
+    ``"input_warnings"`` lists the input warnings (``image_id``, ``kind``, ``message``) of the
+    sample (about 1 % of clean images are flagged out of distribution by construction) and of
+    a grayscale copy of one image (:data:`PROBE_ID`), scored on its own to show the check.
 
     Args:
         out: Output folder (created; nothing is written outside it).
@@ -70,7 +80,12 @@ def run_demo(
     diagnosis = np.where(data.diagnoses == 1, "melanoma", "benign")
 
     scorer = ConceptScorer(backbone, vocabulary, mode="combined", calibration="sigmoid", progress=progress)
-    scores = scorer.score(images)
+    with warnings.catch_warnings():  # collected in the summary's "input_warnings" instead
+        warnings.simplefilter("ignore", InputQualityWarning)
+        scores = scorer.score(images)
+        # one deliberately bad input, scored on its own so the numbers below stay clean
+        probe = scorer.score({PROBE_ID: Image.fromarray(data.images[0]).convert("L").convert("RGB")})
+    input_warnings = pd.concat([scores.warnings, probe.warnings], ignore_index=True)
     scores.save(out / "scores.parquet")
     annotation = evaluate_annotation(scores, concept_labels[scores.concept_ids], n_bootstrap=200)
     annotation.to_csv(out / "annotation.csv")
@@ -117,6 +132,7 @@ def run_demo(
     summary = {
         "out": str(out),
         "headline": headline,
+        "input_warnings": input_warnings.to_dict(orient="records"),
         "files": sorted(p.name for p in out.iterdir()),
         "backbone": backbone.identity.to_dict(),
         "vocabulary": {"name": vocabulary.name, "hash": vocabulary.hash},

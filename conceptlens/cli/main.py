@@ -14,6 +14,59 @@ __all__ = ["build_parser", "main"]
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an int >= 1 (``--top-k -1`` is a usage error, not a silent no-op)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    """argparse type: an int >= 0 (frame indices)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _unit_float(text: str) -> float:
+    """argparse type: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {value}")
+    return value
+
+
+def _template(text: str) -> str:
+    """argparse type: a prompt template with ``{concept}`` exactly once."""
+    if text.count("{concept}") != 1:
+        raise argparse.ArgumentTypeError(
+            f"a prompt template must contain {{concept}} exactly once, got {text!r}"
+        )
+    return text
+
+
+def _images_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--frame", type=_non_negative_int, default=None,
+                        help="frame (from 0) to read from multi-frame files (multi-frame DICOM, "
+                             "multi-page TIFF, animated GIF); single-frame files ignore it")
+    parser.add_argument("--template", dest="templates", action="append", type=_template,
+                        default=None, metavar="TEXT",
+                        help="prompt template with {concept}, e.g. 'an ultrasound showing "
+                             "{concept}.' (repeat for an ensemble; default: the vocabulary "
+                             "modality's templates)")
+
+
 def _common(parser: argparse.ArgumentParser, *, model: bool = True, out_help: str = "output folder") -> None:
     group = parser.add_argument_group("common options")
     if model:
@@ -25,7 +78,8 @@ def _common(parser: argparse.ArgumentParser, *, model: bool = True, out_help: st
         group.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
         group.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                            help="compute dtype (default: float32)")
-        group.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
+        group.add_argument("--batch-size", type=_positive_int, default=32,
+                           help="images per forward pass (default: 32)")
         group.add_argument("--cache-dir", default=None, help="folder for the image-feature cache (default: none)")
         group.add_argument("--trust-remote-code", action="store_true",
                            help="allow running the model repository's own code (needed for ConceptCLIP)")
@@ -49,14 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
                                    "against a concept vocabulary; bad images are reported and skipped.")
     p.add_argument("images", nargs="+", help="image files, folders, or CSV manifests")
     p.add_argument("--mode", default="combined", choices=["global", "local", "combined"])
-    p.add_argument("--alpha", type=float, default=0.5, help="weight of the global score in combined mode")
+    p.add_argument("--alpha", type=_unit_float, default=0.5,
+                   help="weight of the global score in combined mode, in [0, 1]")
     p.add_argument("--calibration", default="sigmoid", choices=["cosine", "sigmoid", "paired_softmax"],
                    help="cosine: raw similarity; sigmoid: the model's own scale and bias (default); "
                         "paired_softmax: against the reference prompt (the authors' recipe)")
-    p.add_argument("--aggregation", default="mean", choices=["mean", "max", "topk"],
-                   help="how patch scores become one local score")
+    p.add_argument("--aggregation", default="max", choices=["mean", "max", "topk"],
+                   help="how patch scores become one local score (default max, RC-Align's objective)")
     p.add_argument("--preset", default=None, choices=["derm7pt"],
                    help="a published scoring protocol (overrides mode/alpha/calibration)")
+    _images_options(p)
     _common(p, out_help="score file to write (.parquet keeps metadata, or .csv)")
     p.set_defaults(handler="score")
 
@@ -67,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CSV with an image column matching the score rows and a label column")
     p.add_argument("--label-column", default="label", help="name of the label column (default: label)")
     p.add_argument("--kind", default="sparse", choices=["sparse", "association"])
-    p.add_argument("--max-concepts", type=int, default=None,
+    p.add_argument("--max-concepts", type=_positive_int, default=None,
                    help="sparse: at most this many concepts per class (best model on the path)")
     p.add_argument("--l1-ratio", type=float, default=1.0,
                    help="sparse: 1.0 is the L1 (lasso) penalty, below 1 elastic net (default: 1.0)")
@@ -81,9 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bottleneck", default=None, help="bottleneck file from 'conceptlens fit' (optional)")
     p.add_argument("--method", default="integrated_gradients",
                    help="attribution method (integrated_gradients, saliency, gradient_shap, occlusion, grad_cam...)")
-    p.add_argument("--top-k", type=int, default=4, help="concepts shown per image (default: 4)")
-    p.add_argument("--n-steps", type=int, default=16, help="integration steps for path methods")
+    p.add_argument("--top-k", type=_positive_int, default=4, help="concepts shown per image (default: 4)")
+    p.add_argument("--n-steps", type=_positive_int, default=16, help="integration steps for path methods")
     p.add_argument("--name", default="explanation", help="report file stem (default: explanation)")
+    _images_options(p)
     _common(p)
     p.set_defaults(handler="explain")
 
@@ -99,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--irrelevant", default="",
                    help="comma-separated concept ids that should not drive the decisions")
     p.add_argument("--expected", default="", help="comma-separated concept ids expected to drive the decisions")
+    p.add_argument("--images", default=None, metavar="FOLDER",
+                   help="folder the scored images live in; thumbnails are embedded only for ids "
+                        "that resolve to files inside it (default: no thumbnails, so a score "
+                        "table from someone else cannot pull local files into the report)")
     p.add_argument("--name", default="audit", help="report file stem (default: audit)")
     _common(p, model=False)
     p.set_defaults(handler="audit")
@@ -125,8 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Generate synthetic dermoscopy images, score them with the demo model, "
                                    "fit a sparse bottleneck, explain a few images and audit it; writes "
                                    "reports and a JSON summary into --out.")
-    p.add_argument("--n", type=int, default=400, help="held-out images to generate (default: 400)")
-    p.add_argument("--n-explain", type=int, default=3, help="images in the explanation report (default: 3)")
+    p.add_argument("--n", type=_positive_int, default=400,
+                   help="held-out images to generate (default: 400)")
+    p.add_argument("--n-explain", type=_positive_int, default=3,
+                   help="images in the explanation report (default: 3)")
     p.add_argument("--seed", type=int, default=2026, help="seed of the held-out sample")
     _common(p, model=False)
     p.set_defaults(handler="demo")
@@ -145,6 +208,20 @@ def _quiet_libraries() -> None:
         hf_logging.set_verbosity_error()
     except ImportError:  # pragma: no cover - transformers is a dependency
         pass
+
+
+def _one_line(exc: BaseException) -> str:
+    """The first line of an error, with raw OS errors (``[Errno 13] ...``) put in words."""
+    from conceptlens._io.files import describe_os_error
+    from conceptlens.errors import ConceptlensError
+
+    if isinstance(exc, OSError) and not isinstance(exc, ConceptlensError) and exc.errno:
+        text = describe_os_error(exc)
+    else:
+        text = str(exc).strip()
+        if isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
+            text = exc.args[0]
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -167,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the CLI turns every failure into one line
         if getattr(args, "debug", False):
             traceback.print_exc()
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        message = _one_line(exc)
         print(f"conceptlens {args.command}: error: {message}", file=sys.stderr)
         return EXIT_ERROR
     return EXIT_OK
