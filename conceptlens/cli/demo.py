@@ -126,7 +126,9 @@ def run_demo(
         "concept_auc_pooled": float(annotation.loc["pooled", "roc_auc"]) if "pooled" in annotation.index else None,
         "bottleneck_test_accuracy": accuracy,
         "top_concepts": [names.get(c, c) for c in importance.index[:3]],
-        "shortcut_uses_ink_marking": bool(abs(shortcut.coef_frame().get(ARTIFACT, pd.Series([0.0])).abs().max()) > 0),
+        # from the audit's conditional test of the marking (not "any non-zero weight")
+        "shortcut_uses_ink_marking": ARTIFACT in result.summary["flagged_spurious"],
+        "shortcut_evidence": str(result.spurious.set_index("concept").loc[ARTIFACT, "reason"]),
         "seconds": round(time.perf_counter() - started, 1),
     }
     summary = {

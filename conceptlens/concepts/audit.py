@@ -15,6 +15,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from conceptlens.concepts._inputs import as_finite_matrix, resolve_concepts
 from conceptlens.concepts._stats import benjamini_hochberg, rank_association, wilson_interval
 from conceptlens.concepts.audit_result import AuditResult
+from conceptlens.concepts.reliance import RELIANCE_TESTS, likelihood_ratio_tests, standardise
 from conceptlens.concepts.sparse import SparseLinearBottleneck
 
 __all__ = ["audit"]
@@ -91,6 +92,89 @@ def _reliance_table(surrogate, frame, association, ids, names, marks) -> pd.Data
     table = table.sort_values(["importance", "max_abs_effect"], ascending=False, kind="stable")
     table.insert(0, "rank", np.arange(1, len(table) + 1))
     return table.reset_index(drop=True)
+
+
+def _one_hot(values: np.ndarray) -> np.ndarray:
+    """``(n, k - 1)`` indicators of all but the first of the ``k`` distinct values."""
+    levels = np.unique(values)
+    return np.column_stack([values == v for v in levels[1:]]).astype(float)
+
+
+def _test_rows(test, targets, Z, ids, names, marks, covariates, l2) -> pd.DataFrame:
+    frames = []
+    for c, y in targets:
+        r = likelihood_ratio_tests(Z, y.astype(float), covariates=covariates, l2=l2)
+        frames.append(pd.DataFrame({
+            "test": test, "class": [c] * len(ids), "concept": ids,
+            "name": [names.get(i, i) for i in ids], "marked": [marks.get(i, "") for i in ids],
+            "effect": r["effect"], "statistic": r["statistic"], "df": 1, "p_value": r["p_value"],
+        }))
+    table = pd.concat(frames, ignore_index=True)
+    table["q_value"] = benjamini_hochberg(table["p_value"].to_numpy())
+    return table
+
+
+def _reliance_tests(X, dec, lab, outputs, ids, names, marks, l2) -> pd.DataFrame:
+    """Conditional likelihood-ratio tests of every concept, per class (one-vs-rest)."""
+    Z = standardise(X)
+    tables = [_test_rows("conditional", [(c, dec == c) for c in outputs], Z, ids, names, marks,
+                         None, l2)]
+    if lab is not None and len(np.unique(lab)) > 1:
+        tables.append(_test_rows("beyond_labels", [(c, dec == c) for c in outputs], Z, ids,
+                                 names, marks, _one_hot(lab), l2))
+        tables.append(_test_rows("label_conditional", [(c, lab == c) for c in outputs], Z, ids,
+                                 names, marks, None, l2))
+    table = pd.concat(tables, ignore_index=True)
+    table.insert(1, "model", table["test"].map(RELIANCE_TESTS))
+    return table
+
+
+def _strongest(tests: pd.DataFrame, test: str, ids: list[Any]) -> pd.DataFrame:
+    """Per concept, the class row of ``test`` with the smallest p-value (NaN when absent)."""
+    rows = tests[tests["test"] == test]
+    if rows.empty:
+        return pd.DataFrame(index=pd.Index(ids, name="concept"),
+                            columns=["class", "effect", "statistic", "p_value", "q_value"],
+                            dtype=float)
+    best = rows.sort_values("p_value", kind="stable").drop_duplicates("concept")
+    return best.set_index("concept")[["class", "effect", "statistic", "p_value", "q_value"]].reindex(ids)
+
+
+def _spurious_table(reliance, tests, primary, alpha, relied, associated) -> pd.DataFrame:
+    """Irrelevant concepts: flagged on the ``primary`` conditional test only."""
+    spurious = reliance[reliance["marked"] == "irrelevant"].copy()
+    ids = list(spurious["concept"])
+    main = _strongest(tests, primary, ids)
+    label = _strongest(tests, "label_conditional", ids)
+    for col in ("class", "effect", "statistic", "p_value", "q_value"):
+        spurious[col] = main[col].to_numpy()
+    spurious.insert(spurious.columns.get_loc("class"), "test", primary)
+    spurious["flagged"] = (spurious["q_value"] < alpha).to_numpy()
+    spurious["label_effect"] = label["effect"].to_numpy()
+    spurious["label_q_value"] = label["q_value"].to_numpy()
+    spurious["confounded_with_labels"] = (label["q_value"] < alpha).to_numpy()
+    spurious["reason"] = [
+        _reason(row, primary, relied[i], associated[i]) for i, row in spurious.iterrows()
+    ]
+    return spurious
+
+
+def _reason(row: pd.Series, primary: str, relied: bool, associated: bool) -> str:
+    what = "beyond what the labels explain" if primary == "beyond_labels" else (
+        "given the other concepts")
+    evidence = (f"{primary} likelihood-ratio test, class {row['class']}: "
+                f"chi2={row['statistic']:.3g}, p={row['p_value']:.2g}, q={row['q_value']:.2g}")
+    if row["flagged"]:
+        return f"decisions depend on it {what} ({evidence})"
+    notes = []
+    if row["confounded_with_labels"]:
+        notes.append(f"confounded with the labels in this data (label_conditional q="
+                     f"{row['label_q_value']:.2g}), not used beyond them")
+    if associated:
+        notes.append("marginally associated with decisions only (leakage from other concepts?)")
+    if relied:
+        notes.append("the surrogate uses it, but the conditional test does not confirm it")
+    return "; ".join(notes)
 
 
 def _error_table(X, decisions, labels, outputs, ids, names) -> pd.DataFrame:
@@ -175,6 +259,7 @@ def audit(
     n_slice_concepts: int = 15,
     min_slice_size: int = 20,
     n_slices: int = 20,
+    l2: float = 1.0,
     random_state: int | None = 0,
 ) -> AuditResult:
     """Explain and check a decision-maker's decisions through concept scores.
@@ -185,18 +270,23 @@ def audit(
         labels: ``(n_samples,)`` true labels, if known (enables error and slice analysis).
         expected_concepts: Concepts (ids or names) a clinician expects the decision to use.
         irrelevant_concepts: Concepts that should NOT matter for the task (e.g. a ruler, a
-            scanner marker, skin tone for a lesion-type decision); reliance on them is flagged.
+            scanner marker, skin tone for a lesion-type decision). One is flagged only when a
+            conditional test finds the decisions depend on it (see ``spurious`` below), never
+            on marginal association: a concept score that leaks other concepts is associated
+            with any decision those concepts drive.
         positive_class: For two classes, the class whose associations are reported
             (default: the larger label, scikit-learn's ``classes_[1]``).
         test_size: Fraction of samples held out to measure the surrogate's fidelity.
         max_concepts: Sparsity limit of the surrogate (per class).
-        alpha: FDR level for ``q_value`` significance.
+        alpha: FDR level for ``q_value`` significance (flags use ``q < alpha``).
         min_reliance: Importance share above which a concept counts as relied upon.
         min_effect: Absolute rank-biserial effect above which a significant association counts.
         slice_quantiles: Score quantiles below/above which a concept is "low"/"high".
         n_slice_concepts: Two-concept slices are built from this many most associated concepts.
         min_slice_size: Smallest slice reported.
         n_slices: Number of worst slices reported.
+        l2: Ridge penalty of the logistic models of the conditional tests (on standardised
+            scores, in log-likelihood units; keeps separable or collinear data finite).
         random_state: Seed of the held-out split and the surrogate.
 
     Returns:
@@ -210,9 +300,27 @@ def audit(
           ``majority_baseline, kappa``; the surrogate is a :class:`SparseLinearBottleneck`
           fitted to the decisions on the training split.
         * ``reliance``: ``rank, concept, name, marked, importance`` (surrogate's mean absolute
-          contribution, summed over classes), ``share, max_abs_effect, min_q_value``.
-        * ``spurious``: the ``reliance`` rows of irrelevant concepts plus ``flagged`` and
-          ``reason``; ``unused_expected``: expected concepts plus ``unused``.
+          contribution, summed over classes), ``share, max_abs_effect, min_q_value`` (marginal
+          association), ``conditional_effect, conditional_q_value`` (the ``conditional`` test's
+          row with the smallest p over classes).
+        * ``reliance_tests``: ``test, model, class, concept, name, marked, effect`` (log-odds
+          per standard deviation of the score, in the larger model), ``statistic`` (likelihood
+          ratio, chi-squared with ``df`` = 1), ``p_value, q_value`` (Benjamini-Hochberg within
+          each test, over classes x concepts); one row per test, class (one-vs-rest; binary:
+          the positive class) and concept. Tests (all ridge-penalised logistic models on
+          standardised scores): ``conditional``: does the concept predict the decisions given
+          every other concept; with labels also ``beyond_labels``: given every other concept
+          *and the labels* (the decisions use it beyond what the labels justify) and
+          ``label_conditional``: does it predict the labels given the other concepts (it is
+          confounded with the labels in this data).
+        * ``spurious``: the ``reliance`` rows of irrelevant concepts plus the flagging test's
+          row with the smallest p over classes (``test`` = ``beyond_labels`` when labels are
+          given, else ``conditional``; ``class, effect, statistic, p_value, q_value``),
+          ``flagged`` (``q_value < alpha``), ``label_effect, label_q_value,
+          confounded_with_labels`` (NaN / False without labels) and ``reason`` (the evidence,
+          or why a marginal association was not flagged).
+        * ``unused_expected``: expected concepts plus ``unused`` (neither relied on by the
+          surrogate, associated, nor significant in the ``conditional`` test).
         * ``errors``: ``error_type`` (false_positive: predicted ``class`` wrongly, compared with
           true negatives; false_negative: missed ``class``, compared with true positives),
           ``class, concept, name, n_error, n_reference, auc, effect_size, mean_diff, p_value,
@@ -260,16 +368,19 @@ def audit(
     frame = pd.DataFrame(X, columns=ids)
     reliance = _reliance_table(surrogate, frame, association, ids, names, marks)
 
-    relied = reliance["share"] >= min_reliance
-    associated = (reliance["min_q_value"] < alpha) & (reliance["max_abs_effect"] >= min_effect)
-    reasons = np.where(relied & associated, "surrogate relies on it; associated with decisions",
-                       np.where(relied, "surrogate relies on it",
-                                np.where(associated, "associated with decisions", "")))
-    spurious = reliance[reliance["marked"] == "irrelevant"].copy()
-    spurious["flagged"] = (relied | associated)[spurious.index]
-    spurious["reason"] = reasons[spurious.index]
+    tests = _reliance_tests(X, dec, lab, outputs, ids, names, marks, l2)
+    primary = "beyond_labels" if (tests["test"] == "beyond_labels").any() else "conditional"
+    conditional = _strongest(tests, "conditional", ids)
+    reliance["conditional_effect"] = conditional["effect"].reindex(reliance["concept"]).to_numpy()
+    reliance["conditional_q_value"] = conditional["q_value"].reindex(reliance["concept"]).to_numpy()
+
+    relied = (reliance["share"] >= min_reliance).to_numpy()
+    associated = ((reliance["min_q_value"] < alpha)
+                  & (reliance["max_abs_effect"] >= min_effect)).to_numpy()
+    used = (reliance["conditional_q_value"] < alpha).to_numpy()
+    spurious = _spurious_table(reliance, tests, primary, alpha, relied, associated)
     unused = reliance[reliance["marked"] == "expected"].copy()
-    unused["unused"] = ~(relied | associated)[unused.index]
+    unused["unused"] = ~(relied | associated | used)[unused.index]
 
     errors = pd.DataFrame()
     slices = pd.DataFrame()
@@ -296,6 +407,9 @@ def audit(
         ),
         "surrogate_concepts": int((np.abs(surrogate.coef_) > 0).any(axis=0).sum()),
         "n_flagged_spurious": int(spurious["flagged"].sum()),
+        "spurious_test": primary,
+        "flagged_spurious": [str(c) for c in spurious.loc[spurious["flagged"], "concept"]],
+        "n_confounded_with_labels": int(spurious["confounded_with_labels"].sum()),
         "n_unused_expected": int(unused["unused"].sum()),
         "vocabulary_hash": prov.vocabulary_hash,
     }
@@ -311,5 +425,6 @@ def audit(
         surrogate_coefficients=coefs,
         errors=errors,
         slices=slices,
+        reliance_tests=tests,
         surrogate=surrogate,
     )

@@ -14,7 +14,7 @@ __all__ = ["AuditResult"]
 
 _TABLES = (
     "reliance", "spurious", "unused_expected", "association", "surrogate_fidelity",
-    "surrogate_coefficients", "errors", "slices",
+    "surrogate_coefficients", "errors", "slices", "reliance_tests",
 )
 
 
@@ -31,7 +31,8 @@ class AuditResult:
             decisions (when labels were given), the surrogate's held-out ``fidelity``, the
             number of flagged spurious concepts.
         reliance: One row per concept, sorted by how much the surrogate relies on it.
-        spurious: Concepts marked irrelevant, with reliance, association and ``flagged``.
+        spurious: Concepts marked irrelevant, with reliance, association, ``flagged`` and the
+            test that produced the flag (``test, statistic, p_value, q_value``).
         unused_expected: Concepts marked expected, with ``unused`` when the decisions do not
             seem to depend on them.
         association: Concept-decision association (effect size, p, FDR q) per class.
@@ -39,6 +40,9 @@ class AuditResult:
         surrogate_coefficients: The surrogate's standardised weights (classes x concepts).
         errors: Concepts enriched among false positives / false negatives (needs labels).
         slices: Concept-defined subgroups with the worst accuracy (needs labels).
+        reliance_tests: Conditional likelihood-ratio tests per test, class and concept
+            (``conditional``; with labels also ``beyond_labels`` and ``label_conditional``),
+            with effect, statistic, p and q; the flags in ``spurious`` come from these rows.
         surrogate: The fitted surrogate bottleneck itself.
     """
 
@@ -51,6 +55,7 @@ class AuditResult:
     surrogate_coefficients: pd.DataFrame
     errors: pd.DataFrame
     slices: pd.DataFrame
+    reliance_tests: pd.DataFrame = field(default_factory=pd.DataFrame)
     surrogate: Any = field(default=None, repr=False)
 
     @property
