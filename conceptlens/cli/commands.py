@@ -51,6 +51,17 @@ def _scorer(args: argparse.Namespace, backbone: Any, vocabulary: Any):
     from conceptlens.vocab import ConceptScorer
 
     options = {"batch_size": args.batch_size, "cache_dir": args.cache_dir, "progress": not args.quiet}
+    templates = getattr(args, "templates", None)
+    if templates:
+        options["templates"] = list(templates)
+    elif not vocabulary.has_prompt_templates and not getattr(args, "preset", None):
+        from conceptlens.vocab.prompts import TEMPLATES
+
+        raise ValueError(
+            f"vocabulary {vocabulary.name!r} has modality {vocabulary.modality!r}, for which "
+            f"conceptlens has no prompt templates (known: {', '.join(sorted(TEMPLATES))}); "
+            "pass --template 'TEXT with {concept}' or set a known modality"
+        )
     preset = getattr(args, "preset", None)
     if preset:
         return ConceptScorer.from_preset(preset, backbone, vocabulary, **options)
@@ -60,57 +71,34 @@ def _scorer(args: argparse.Namespace, backbone: Any, vocabulary: Any):
     return ConceptScorer(backbone, vocabulary, **options)
 
 
-def _read_table(path: str | Path, what: str) -> pd.DataFrame:
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{what} file not found: {path}")
-    if path.suffix == ".parquet":
-        return pd.read_parquet(path)
-    if path.suffix in {".csv", ".tsv"}:
-        return pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",")
-    raise ValueError(f"{what} file {path} must be .csv, .tsv or .parquet")
+def _column_for(path: str, column: str, index: pd.Index, what: str) -> np.ndarray:
+    """The ``column`` of a labels / decisions table, aligned to the score rows: rows are
+    matched by id, relative path or file name (``conceptlens._io.image_keys``; the key
+    columns are ``IMAGE_KEY_COLUMNS``), and any ambiguity is an error naming the line."""
+    from conceptlens._io.image_keys import read_aligned_column
+
+    return read_aligned_column(path, column, [str(i) for i in index], what=what)
 
 
-#: Columns of a labels / decisions / concept-labels CSV that hold the image id, in order of preference.
-IMAGE_KEY_COLUMNS = ("image", "path", "id", "image_id")
+def _image_sources(items: list[str], frame: int | None = None) -> Any:
+    """The images to score as ``ImageSource`` items (ids: see ``conceptlens.vocab.sources``).
 
+    One folder / manifest / file keeps its own ids (a folder's are relative to it); with
+    several inputs, a folder's ids are prefixed by the folder as given, so they stay unique.
+    """
+    from conceptlens.vocab.sources import ImageSource, iter_image_sources
 
-def _image_key(frame: pd.DataFrame) -> str | None:
-    return next((c for c in IMAGE_KEY_COLUMNS if c in frame.columns), None)
-
-
-def _column_for(frame: pd.DataFrame, path: str, column: str, index: pd.Index) -> pd.Series:
-    """The ``column`` of a CSV keyed by its image column, aligned to the score rows."""
-    if column not in frame.columns:
-        raise ValueError(f"{path}: no column {column!r} (columns: {', '.join(map(str, frame.columns))})")
-    key = _image_key(frame)
-    if key is None:
-        if len(frame) != len(index):
-            raise ValueError(f"{path}: has no image column and {len(frame)} rows for {len(index)} scored images")
-        return pd.Series(frame[column].to_numpy(), index=index)
-    series = frame.set_index(frame[key].astype(str))[column]
-    missing = [i for i in index if i not in series.index]
-    if missing:
-        raise ValueError(f"{path}: no {column!r} for {len(missing)} scored image(s), e.g. {missing[0]!r}")
-    return series.loc[list(index)]
-
-
-def _image_sources(items: list[str]) -> Any:
-    """One folder / manifest / file is passed through; several are expanded into file paths."""
-    if len(items) == 1:
-        return items[0]
-    from conceptlens.vocab.sources import iter_image_sources
-
-    paths: list[str] = []
+    sources: list[ImageSource] = []
     for item in items:
         path = Path(item)
-        if path.suffix.lower() in {".csv", ".tsv"}:
+        if path.suffix.lower() in {".csv", ".tsv"} and len(items) > 1:
             raise ValueError(f"{item}: pass a CSV manifest on its own, not with other images")
-        if path.is_dir():
-            paths.extend(source.image_id for source in iter_image_sources(path))
-        else:
-            paths.append(item)
-    return paths
+        for source in iter_image_sources(item, frame=frame):
+            if len(items) > 1 and path.is_dir():
+                source = ImageSource(f"{path.as_posix().rstrip('/')}/{source.image_id}",
+                                     source.load)
+            sources.append(source)
+    return sources
 
 
 def _load_scores(path: str):
@@ -154,13 +142,16 @@ def run_score(args: argparse.Namespace) -> None:
     backbone = _backbone(args)
     vocabulary = _vocabulary(args.vocab, args.model)
     with _input_warnings_as_lines():
-        scores = _scorer(args, backbone, vocabulary).score(_image_sources(args.images))
+        scores = _scorer(args, backbone, vocabulary).score(_image_sources(args.images, args.frame))
     _report_errors(scores.errors)
     if len(scores) == 0:
         raise ValueError("no image could be scored (see the errors above)")
     scores.save(out)
     if len(scores.errors):
-        scores.errors.to_csv(out.with_name(out.stem + ".errors.csv"), index=False)
+        from conceptlens._io.tables import write_csv
+
+        write_csv(scores.errors, out.with_name(out.stem + ".errors.csv"), index=False,
+                  what="error list")
     flagged = len(scores.flagged_ids)
     print(f"scored {len(scores)} image(s) x {len(vocabulary)} concepts -> {out}"
           + (f" ({len(scores.errors)} skipped)" if len(scores.errors) else "")
@@ -173,15 +164,14 @@ def run_fit(args: argparse.Namespace) -> None:
     from conceptlens.concepts import AssociationBottleneck, SparseLinearBottleneck
 
     scores = _load_scores(args.scores)
-    labels = _column_for(_read_table(args.labels, "labels"), args.labels, args.label_column,
-                         scores.table.index)
+    labels = _column_for(args.labels, args.label_column, scores.table.index, "labels")
     if args.kind == "sparse":
         model = SparseLinearBottleneck(l1_ratio=args.l1_ratio, max_concepts=args.max_concepts)
     else:
         model = AssociationBottleneck()
-    model.fit(scores, labels.to_numpy())
+    model.fit(scores, labels)
     path = model.save(args.out)
-    acc = float(np.mean(model.predict(scores) == labels.to_numpy()))
+    acc = float(np.mean(model.predict(scores) == labels))
     print(f"fitted {type(model).__name__} on {len(scores)} images; training accuracy {acc:.3f} -> {path}")
 
 
@@ -199,7 +189,7 @@ def run_explain(args: argparse.Namespace) -> None:
 
         bottleneck = load_bottleneck(args.bottleneck)
     with _input_warnings_as_lines():
-        report, errors = explain_images(scorer, _image_sources(args.images), bottleneck=bottleneck,
+        report, errors = explain_images(scorer, _image_sources(args.images, args.frame), bottleneck=bottleneck,
                                         method=args.method, top_k=args.top_k, n_steps=args.n_steps,
                                         notice=model_notice(backbone))
     _report_errors(errors)
@@ -217,11 +207,10 @@ def run_audit(args: argparse.Namespace) -> None:
 
     scores = _load_scores(args.scores)
     index = scores.table.index
-    decisions = _column_for(_read_table(args.decisions, "decisions"), args.decisions,
-                            args.decision_column, index).to_numpy()
+    decisions = _column_for(args.decisions, args.decision_column, index, "decisions")
     labels = None
     if args.labels:
-        labels = _column_for(_read_table(args.labels, "labels"), args.labels, args.label_column, index).to_numpy()
+        labels = _column_for(args.labels, args.label_column, index, "labels")
     irrelevant = [c for c in args.irrelevant.split(",") if c]
     expected = [c for c in args.expected.split(",") if c]
     for concept in irrelevant + expected:
@@ -231,16 +220,33 @@ def run_audit(args: argparse.Namespace) -> None:
                    expected_concepts=expected or None)
     annotation = None
     if args.concept_labels:
-        concept_labels = _read_table(args.concept_labels, "concept labels")
-        key = _image_key(concept_labels)
-        if key is not None:
-            concept_labels = concept_labels.set_index(concept_labels[key].astype(str)).drop(columns=[key])
+        from conceptlens._io.image_keys import read_aligned_frame
+
+        concept_labels = read_aligned_frame(args.concept_labels, [str(i) for i in index],
+                                            what="concept labels")
         annotation = evaluate_annotation(scores, concept_labels, n_bootstrap=200)
-    images = {i: i for i in index if Path(i).exists()}
+    images = _thumbnail_files(index, args.images)
     report = audit_report(result, scores=scores, decisions=decisions, labels=labels, annotation=annotation,
                           images=images or None)
     html_path, json_path = report.save(args.out, args.name)
     print(f"audit report -> {html_path} (numbers in {json_path.name})")
+
+
+def _thumbnail_files(index: pd.Index, root: str | None) -> dict[str, str]:
+    """Image id -> file for the audit's thumbnails: only with ``--images ROOT``, and only ids
+    that resolve to a file inside ROOT (``..``, absolute ids pointing elsewhere and symbolic
+    links leading out of it are not embedded)."""
+    if root is None:
+        return {}
+    base = Path(root).resolve()
+    if not base.is_dir():
+        raise NotADirectoryError(f"--images {root}: not a folder")
+    found = {}
+    for image_id in index:
+        candidate = (base / str(image_id).lstrip("/")).resolve()
+        if candidate.is_relative_to(base) and candidate.is_file():
+            found[str(image_id)] = str(candidate)
+    return found
 
 
 # ---------------------------------------------------------------------------- vocab
@@ -268,6 +274,9 @@ def run_vocab_validate(args: argparse.Namespace) -> None:
 
     vocab = ConceptVocabulary.from_file(args.vocabulary)
     print(f"{args.vocabulary}: valid, {len(vocab)} concepts, hash {vocab.hash}")
+    if not vocab.has_prompt_templates:
+        print(f"{args.vocabulary}: note: no prompt templates for modality {vocab.modality!r}; "
+              "'conceptlens score' needs --template for it")
 
 
 def run_vocab_convert(args: argparse.Namespace) -> None:
