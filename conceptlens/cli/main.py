@@ -14,6 +14,11 @@ __all__ = ["build_parser", "main"]
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 
+def _steps(text: str) -> int | str:
+    """argparse type: ``auto`` or an int >= 1."""
+    return "auto" if text.strip().lower() == "auto" else _positive_int(text)
+
+
 def _positive_int(text: str) -> int:
     """argparse type: an int >= 1 (``--top-k -1`` is a usage error, not a silent no-op)."""
     try:
@@ -138,7 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="integrated_gradients",
                    help="attribution method (integrated_gradients, saliency, gradient_shap, occlusion, grad_cam...)")
     p.add_argument("--top-k", type=_positive_int, default=4, help="concepts shown per image (default: 4)")
-    p.add_argument("--n-steps", type=_positive_int, default=16, help="integration steps for path methods")
+    p.add_argument("--n-steps", type=_steps, default="auto",
+                   help="integration steps of path methods: 'auto' (default: doubled until the "
+                        "attributions sum to f(x) - f(baseline) within 5%%) or a whole number")
     p.add_argument("--name", default="explanation", help="report file stem (default: explanation)")
     _images_options(p)
     _common(p)

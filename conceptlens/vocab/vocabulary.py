@@ -110,6 +110,20 @@ class ConceptVocabulary:
         return self._modality
 
     @property
+    def has_prompt_templates(self) -> bool:
+        """Whether conceptlens has prompt templates for :attr:`modality` (an empty modality
+        uses the general medical templates on purpose and counts as ``True``).
+
+        An unknown modality silently gets the general templates in the Python API (with a
+        warning); the command line refuses it unless templates are given.
+        """
+        if not self._modality:
+            return True
+        from conceptlens.vocab.prompts import _modality_key
+
+        return _modality_key(self._modality) is not None
+
+    @property
     def concepts(self) -> tuple[Concept, ...]:
         """The concepts, in order."""
         return self._concepts
