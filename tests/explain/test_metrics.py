@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 from torch import nn
 
 from conceptlens.explain.metrics import (
@@ -80,6 +81,30 @@ def test_pointing_game_hit_miss_tolerance_and_ties():
     assert not pointing_game(m2, mask)
     assert pointing_game(m2, mask, tolerance=3)
     assert not pointing_game(np.ones((10, 10)), mask)  # a constant map does not score
+
+
+def test_pointing_game_tie_rule_one_plateau_is_one_peak():
+    mask = np.zeros((12, 12))
+    mask[0:3, 3:6] = 1  # a concept near the top border
+    # a bilinearly upsampled patch map clamps at the border: its maximum is a plateau
+    grid = np.zeros((3, 3))
+    grid[0, 1] = 1.0
+    up = ndimage.zoom(grid, 4, order=1, mode="nearest", grid_mode=True)
+    plateau = up >= up.max() - 1e-6 * np.ptp(up)
+    assert plateau.sum() > 1 and (mask[plateau] > 0).any() and not (mask[plateau] > 0).all()
+    assert pointing_game(up, mask)  # the plateau touches the mask: one peak, a hit
+    # two separate peaks of the same height: both must hit
+    two = np.zeros((12, 12))
+    two[1, 4] = two[10, 10] = 1.0
+    assert not pointing_game(two, mask)
+    assert pointing_game(two, mask, tolerance=10)
+    # a near-tie within rtol is a second peak, outside it the strict maximum alone counts
+    near = two.copy()
+    near[10, 10] = 1.0 - 1e-9
+    assert not pointing_game(near, mask)
+    assert pointing_game(near, mask, rtol=0)
+    with pytest.raises(ValueError, match="rtol"):
+        pointing_game(two, mask, rtol=-1)
 
 
 def test_energy_pointing_game_and_auroc():
