@@ -47,6 +47,19 @@ def _backbone(args: argparse.Namespace):
                          trust_remote_code=getattr(args, "trust_remote_code", False))
 
 
+def _scorer_for_bottleneck(scorer: Any, bottleneck: Any) -> Any:
+    """The scorer with the settings the bottleneck's training scores were made with.
+
+    A bottleneck only means something on scores made like its training scores; where it
+    recorded them (``score_space_``), the explanation uses them.
+    """
+    space = dict(getattr(bottleneck, "score_space_", None) or {})
+    templates = space.pop("templates", None)
+    if templates is not None and all(isinstance(t, str) for t in templates):
+        space["templates"] = tuple(templates)
+    return scorer.with_config(**space) if space else scorer
+
+
 def _scorer(args: argparse.Namespace, backbone: Any, vocabulary: Any):
     from conceptlens.vocab import ConceptScorer
 
@@ -188,6 +201,7 @@ def run_explain(args: argparse.Namespace) -> None:
         from conceptlens.concepts import load_bottleneck
 
         bottleneck = load_bottleneck(args.bottleneck)
+        scorer = _scorer_for_bottleneck(scorer, bottleneck)
     with _input_warnings_as_lines():
         report, errors = explain_images(scorer, _image_sources(args.images, args.frame), bottleneck=bottleneck,
                                         method=args.method, top_k=args.top_k, n_steps=args.n_steps,

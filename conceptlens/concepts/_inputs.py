@@ -41,12 +41,14 @@ class ConceptProvenance:
         backbone: Backbone identity dict, when known.
         concept_names: Concept id -> preferred name.
         sample_ids: Row labels (image ids), or ``None`` for plain arrays.
+        config: The scoring configuration of a ``ConceptScores`` (``None`` otherwise).
     """
 
     vocabulary_hash: str | None = None
     backbone: dict[str, Any] | None = None
     concept_names: dict[str, str] = field(default_factory=dict)
     sample_ids: list[Any] | None = None
+    config: dict[str, Any] | None = None
 
 
 def unwrap_scores(X: Any) -> tuple[Any, ConceptProvenance]:
@@ -67,6 +69,7 @@ def unwrap_scores(X: Any) -> tuple[Any, ConceptProvenance]:
             backbone=dict(X.backbone) if X.backbone is not None else None,
             concept_names={str(k): str(v) for k, v in X.concept_names.items()},
             sample_ids=list(table.index),
+            config=dict(X.config) if X.config else None,
         )
         return table, prov
     if isinstance(X, pd.DataFrame):

@@ -75,6 +75,10 @@ class AssociationBottleneck(ConceptBottleneckBase):
         n_threads: Torch threads used for training (restored afterwards); ``None`` keeps
             torch's setting. Tiny problems always train on one thread (less overhead). On a
             machine shared with other jobs, ``1`` is often fastest.
+        input_transform: Transform of the scores before the linear read-out: ``"identity"``
+            or ``"logit"`` (log-odds; for probabilities, e.g. ``calibration="sigmoid"``
+            scores). Applied in ``fit`` and in everything that reads scores afterwards, and
+            saved with the model.
 
     Attributes:
         association_: ``(n_classes, n_concepts)`` net association: softmax weight of the
@@ -120,6 +124,7 @@ class AssociationBottleneck(ConceptBottleneckBase):
         random_state: int | None = 0,
         progress: bool = False,
         n_threads: int | None = None,
+        input_transform: str = "identity",
     ) -> None:
         self.prior = prior
         self.prior_strength = prior_strength
@@ -136,6 +141,7 @@ class AssociationBottleneck(ConceptBottleneckBase):
         self.random_state = random_state
         self.progress = progress
         self.n_threads = n_threads
+        self.input_transform = input_transform
 
     def _check_params(self) -> None:
         for name in ("prior_strength", "logit_scale", "sparsity", "diversity", "lr"):

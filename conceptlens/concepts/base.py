@@ -28,6 +28,12 @@ from conceptlens.concepts._inputs import (
     unwrap_scores,
 )
 from conceptlens.concepts.results import Contributions, InterventionResult
+from conceptlens.concepts.score_space import (
+    check_input_transform,
+    check_score_space,
+    score_space_of,
+    transform_scores,
+)
 
 __all__ = ["ConceptBottleneckBase"]
 
@@ -46,13 +52,24 @@ class ConceptBottleneckBase(ClassifierMixin, BaseEstimator):
         concept_names_: Concept id -> preferred name (from ``ConceptScores``).
         vocabulary_hash_: Vocabulary hash of the training scores, or ``None``.
         backbone_: Backbone identity dict of the training scores, or ``None``.
+        score_space_: The scorer settings of the training scores (mode, alpha, aggregation,
+            calibration, prompts; see :mod:`conceptlens.concepts.score_space`), or ``None``
+            when they were not a ``ConceptScores``. Scores fed later with other settings
+            raise :class:`~conceptlens.errors.ScoreSpaceMismatchError`.
         n_features_in_, feature_names_in_: as in scikit-learn.
+
+    Every bottleneck takes ``input_transform`` (``"identity"`` or ``"logit"``): the transform
+    applied to the scores inside ``fit``, ``predict``, ``decision_function``,
+    ``contributions`` and ``intervene``. ``coef_``, ``mean_`` and contributions are in the
+    transformed units; intervention values are given in score units and transformed too.
     """
 
     # ------------------------------------------------------------------ validation
     def _validate_fit_data(self, X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
         data, prov = unwrap_scores(X)
         X_arr, y_arr = validate_data(self, data, y, dtype=np.float64, ensure_min_samples=1)
+        check_input_transform(self._input_transform)
+        X_arr = transform_scores(X_arr, self._input_transform)
         check_classification_targets(y_arr)
         classes, y_enc = np.unique(y_arr, return_inverse=True)
         if len(classes) < 2:
@@ -68,15 +85,39 @@ class ConceptBottleneckBase(ClassifierMixin, BaseEstimator):
         self.concept_names_ = {c: prov.concept_names[c] for c in self.concept_ids_ if c in prov.concept_names}
         self.vocabulary_hash_ = prov.vocabulary_hash
         self.backbone_ = prov.backbone
+        self.score_space_ = score_space_of(prov.config)
         return X_arr, y_enc
 
+    @property
+    def _input_transform(self) -> str:
+        return getattr(self, "input_transform", "identity")
+
     def _validate_predict_data(self, X: Any) -> tuple[np.ndarray, list[Any]]:
+        """Validated RAW scores (not transformed) and their sample ids."""
         check_is_fitted(self)
         data, prov = unwrap_scores(X)
         check_vocabulary(self.vocabulary_hash_, prov.vocabulary_hash, where=type(self).__name__)
+        check_score_space(self, config=prov.config, where="these scores")
         X_arr = validate_data(self, data, dtype=np.float64, reset=False)
         sample_ids = prov.sample_ids if prov.sample_ids is not None else list(range(len(X_arr)))
         return X_arr, sample_ids
+
+    def transform_scores(self, X: Any) -> np.ndarray:
+        """The scores in the space the linear read-out works in (``input_transform`` applied).
+
+        Args:
+            X: ``(n_samples, n_concepts)`` scores (``ConceptScores``, DataFrame or array).
+
+        Returns:
+            ``(n_samples, n_concepts)`` array: ``decision_function(X) == transform_scores(X)
+            @ coef_.T + intercept_``.
+        """
+        X_arr, _ = self._validate_predict_data(X)
+        return transform_scores(X_arr, self._input_transform)
+
+    def _transformed(self, X: Any) -> tuple[np.ndarray, list[Any]]:
+        X_arr, sample_ids = self._validate_predict_data(X)
+        return transform_scores(X_arr, self._input_transform), sample_ids
 
     def _set_standardisation(self, X: np.ndarray) -> None:
         self.mean_ = X.mean(axis=0)
@@ -120,13 +161,13 @@ class ConceptBottleneckBase(ClassifierMixin, BaseEstimator):
             ``(n_samples,)`` for a binary model (positive means ``classes_[1]``), else
             ``(n_samples, n_classes)``.
         """
-        X_arr, _ = self._validate_predict_data(X)
+        X_arr, _ = self._transformed(X)
         d = self._decision(X_arr)
         return d[:, 0] if self._binary else d
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """``(n_samples, n_classes)`` class probabilities (softmax / sigmoid of the decision)."""
-        X_arr, _ = self._validate_predict_data(X)
+        X_arr, _ = self._transformed(X)
         return self._proba_from_decision(self._decision(X_arr))
 
     def predict_log_proba(self, X: Any) -> np.ndarray:
@@ -136,7 +177,7 @@ class ConceptBottleneckBase(ClassifierMixin, BaseEstimator):
 
     def predict(self, X: Any) -> np.ndarray:
         """``(n_samples,)`` predicted class labels."""
-        X_arr, _ = self._validate_predict_data(X)
+        X_arr, _ = self._transformed(X)
         return self._labels_from_decision(self._decision(X_arr))
 
     # ------------------------------------------------------------------ explanations
@@ -167,7 +208,7 @@ class ConceptBottleneckBase(ClassifierMixin, BaseEstimator):
             ``values.sum(-1) + intercept`` equals the decision values (binary: one output,
             ``decision_function(X) == values[:, 0].sum(-1) + intercept[0]``).
         """
-        X_arr, sample_ids = self._validate_predict_data(X)
+        X_arr, sample_ids = self._transformed(X)
         if reference == "mean":
             ref = self.mean_
         elif reference == "zero":
@@ -273,7 +314,9 @@ class ConceptBottleneckBase(ClassifierMixin, BaseEstimator):
                 raise ValueError(f"value for concept {key!r} is NaN or infinite")
             X_new[:, j] = v
             applied[self.concept_ids_[j]] = v.item() if v.ndim == 0 else v
-        d0, d1 = self._decision(X_arr), self._decision(X_new)
+        how = self._input_transform
+        d0 = self._decision(transform_scores(X_arr, how))
+        d1 = self._decision(transform_scores(X_new, how))
         index = pd.Index(sample_ids, name="sample")
         outs = [str(c) for c in self.output_classes_]
         classes = [str(c) for c in self.classes_]

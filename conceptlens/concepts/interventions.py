@@ -9,6 +9,7 @@ import pandas as pd
 from sklearn.utils.validation import check_is_fitted
 
 from conceptlens.concepts._inputs import as_finite_matrix
+from conceptlens.concepts.score_space import transform_scores
 
 __all__ = ["INTERVENTION_POLICIES", "intervention_curve"]
 
@@ -86,6 +87,8 @@ def intervention_curve(
         raise ValueError(f"X_pred {Xp.shape} and X_true {Xt.shape} must have the same shape")
     if y_arr.ndim != 1 or len(y_arr) != len(Xp):
         raise ValueError(f"y must be 1-D with {len(Xp)} labels, got shape {y_arr.shape}")
+    how = model._input_transform
+    Xp, Xt = transform_scores(Xp, how), transform_scores(Xt, how)
     n, p = Xp.shape
     k_max = p if k_max is None else int(k_max)
     if not 0 <= k_max <= p:

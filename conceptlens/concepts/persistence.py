@@ -3,7 +3,8 @@
 A saved model is a folder with two files:
 
 * ``bottleneck.json``: format version, estimator class, hyper-parameters, class labels,
-  concept ids and names, vocabulary hash, backbone identity, small fitted attributes;
+  concept ids and names, vocabulary hash, backbone identity, the scorer settings of the
+  training scores (``score_space``), small fitted attributes;
 * ``bottleneck.npz``: the numeric arrays, read back with ``allow_pickle=False``.
 """
 
@@ -109,6 +110,7 @@ def save_bottleneck(model: Any, path: str | Path) -> Path:
         "concept_names": dict(model.concept_names_),
         "vocabulary_hash": model.vocabulary_hash_,
         "backbone": model.backbone_,
+        "score_space": getattr(model, "score_space_", None),
         "n_features_in": int(model.n_features_in_),
         "feature_names_in": (
             [str(f) for f in model.feature_names_in_] if hasattr(model, "feature_names_in_") else None
@@ -174,6 +176,7 @@ def load_bottleneck(path: str | Path, *, vocabulary_hash: str | None = None) -> 
     model.concept_names_ = dict(meta["concept_names"])
     model.vocabulary_hash_ = meta["vocabulary_hash"]
     model.backbone_ = meta["backbone"]
+    model.score_space_ = meta.get("score_space")
     model.n_features_in_ = int(meta["n_features_in"])
     if meta.get("feature_names_in") is not None:
         model.feature_names_in_ = np.asarray(meta["feature_names_in"], dtype=object)

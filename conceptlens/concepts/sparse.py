@@ -46,6 +46,10 @@ class SparseLinearBottleneck(ConceptBottleneckBase):
         max_iter: Maximum SAGA epochs per fit.
         tol: SAGA stopping tolerance.
         random_state: Seed for SAGA and the fold split.
+        input_transform: Transform of the scores before the linear read-out: ``"identity"``
+            or ``"logit"`` (log-odds; for probabilities, e.g. ``calibration="sigmoid"``
+            scores). Applied in ``fit`` and in everything that reads scores afterwards, and
+            saved with the model.
 
     Attributes:
         coef_: ``(n_outputs, n_concepts)`` weights in ORIGINAL score units, so that
@@ -85,6 +89,7 @@ class SparseLinearBottleneck(ConceptBottleneckBase):
         max_iter: int = 1000,
         tol: float = 1e-4,
         random_state: int | None = 0,
+        input_transform: str = "identity",
     ) -> None:
         self.Cs = Cs
         self.l1_ratio = l1_ratio
@@ -96,6 +101,7 @@ class SparseLinearBottleneck(ConceptBottleneckBase):
         self.max_iter = max_iter
         self.tol = tol
         self.random_state = random_state
+        self.input_transform = input_transform
 
     # ------------------------------------------------------------------ checks
     def _check_params(self) -> None:

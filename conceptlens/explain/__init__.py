@@ -3,7 +3,9 @@
 * :func:`attribute` -- captum attributions (integrated gradients, GradientShap, saliency,
   input x gradient, occlusion, SmoothGrad, Grad-CAM on ViT tokens) of a concept score, a
   bottleneck class or a prompt similarity, returned as an :class:`Attribution` whose
-  ``.map`` lies on the original image's pixel grid;
+  ``.map`` lies on the original image's pixel grid, converged by default and carrying its
+  evidence (baseline, ``f(baseline)``, steps, completeness gap, verdict);
+* :func:`faithfulness_card` -- that evidence plus a deletion check against random maps;
 * :func:`concept_maps` -- the scorer's patch maps for many concepts from one forward pass;
 * :mod:`conceptlens.explain.metrics` -- deletion / insertion, pointing games, map AUROC,
   IG completeness, the model-randomisation sanity check;
@@ -17,11 +19,14 @@ from typing import Any
 from conceptlens.explain import metrics
 from conceptlens.explain.attribution import (
     METHODS,
+    VERDICTS,
     Attribution,
     UnsupportedMethodError,
     attribute,
     concept_maps,
 )
+from conceptlens.explain.baselines import BASELINES
+from conceptlens.explain.faithfulness import faithfulness_card
 from conceptlens.explain.targets import (
     ClassTarget,
     ConceptTarget,
@@ -45,7 +50,9 @@ _PLOTS = (
 )
 
 __all__ = [
+    "BASELINES",
     "METHODS",
+    "VERDICTS",
     "Attribution",
     "ClassTarget",
     "ConceptTarget",
@@ -57,6 +64,7 @@ __all__ = [
     "UnsupportedMethodError",
     "attribute",
     "concept_maps",
+    "faithfulness_card",
     "metrics",
     "resolve_target",
     *_PLOTS,

@@ -12,15 +12,27 @@ from __future__ import annotations
 import base64
 import html
 import io
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+from captum.attr import (
+    GradientShap,
+    InputXGradient,
+    IntegratedGradients,
+    LayerGradCam,
+    NoiseTunnel,
+    Occlusion,
+    Saliency,
+)
 from torch import nn
 
-from conceptlens.explain.metrics.perturbation import make_baseline
+from conceptlens.errors import BaselineWarning, ConvergenceWarning
+from conceptlens.explain.baselines import BASELINES, BaselineChoice, choose_baseline
+from conceptlens.explain.completeness import adaptive_integrated_gradients, judge_completeness
 from conceptlens.explain.targets import (
     ConceptTarget,
     Target,
@@ -31,6 +43,7 @@ from conceptlens.explain.targets import (
 
 __all__ = [
     "METHODS",
+    "VERDICTS",
     "Attribution",
     "UnsupportedMethodError",
     "attribute",
@@ -79,9 +92,25 @@ def _method_name(method: str) -> str:
     return _ALIASES[key]
 
 
+VERDICTS: dict[str, str] = {
+    "converged": "the attributions sum to f(x) - f(baseline) within the tolerance",
+    "not converged": "the attributions miss f(x) - f(baseline) by more than the tolerance",
+    "baseline on the same side of the decision": (
+        "the model scores the baseline like the input: the map explains 'more than the "
+        "baseline', not 'why'"
+    ),
+    "baseline scored like the input": (
+        "f(x) and f(baseline) are nearly equal: the relative gap is undefined and the map "
+        "explains almost nothing"
+    ),
+    "no completeness check": "the method has no path from a baseline whose sum could be checked",
+}
+"""Plain verdicts an :class:`Attribution` gives about itself, and what each means."""
+
+
 @dataclass
 class Attribution:
-    """An attribution of one target for one image.
+    """An attribution of one target for one image, with the evidence for trusting it.
 
     Attributes:
         raw: The attribution as the method returned it: ``(3, H, W)`` over the model's input
@@ -95,11 +124,31 @@ class Attribution:
         pixel_values: ``(1, 3, H, W)`` model input the attribution was computed on.
         forward: The differentiable ``(B, 3, H, W) -> (B,)`` target function, e.g. for
             :func:`~conceptlens.explain.metrics.deletion_curve`.
-        baselines: The baseline tensor used (``None`` for methods without one).
+        baselines: ``(N, 3, H, W)`` baseline tensor(s) used (``None`` for methods without one).
+        baseline: Name of the baseline (a key of
+            :data:`~conceptlens.explain.baselines.BASELINES`, ``"tensor"`` or ``"number"``),
+            or ``None``.
+        baseline_value: ``f(baseline)`` (mean over several baselines), or ``None``.
+        input_value: ``f(x)``, the explained output at the image (``target_value`` is the
+            same number, kept for older code).
+        n_steps: Integration steps used by a path method (after ``n_steps="auto"``), else ``None``.
         convergence_delta: ``sum(attribution) - (f(x) - f(baseline))`` for integrated
-            gradients / GradientShap (captum's convergence delta); ``None`` otherwise.
-        target_value: ``f(x)``, the explained output at the image.
-        params: The method settings used (n_steps, window, layer ...).
+            gradients / GradientShap (absolute, signed); ``None`` otherwise.
+        completeness_gap: ``|convergence_delta| / |f(x) - f(baseline)|``; ``None`` for
+            methods without completeness or when ``f(x)`` and ``f(baseline)`` are nearly equal
+            (see :data:`conceptlens.explain.completeness.ILL_CONDITIONED`).
+        converged: Whether completeness holds within ``tolerance`` (``None``: not checkable).
+        tolerance: The relative gap accepted as converged.
+        baseline_same_side: Whether the model scores the baseline on the same side of the
+            target's decision boundary as the input (``None``: no boundary or no baseline).
+        baseline_candidates: For ``baselines="auto"`` / ``"expected"``: candidate -> ``f``.
+        params: The method settings used (window, layer, samples ...).
+
+    Examples:
+        >>> a = attribute(backbone, "lesion.png", ClassTarget("melanoma"), scorer=scorer,
+        ...               bottleneck=model)                                # doctest: +SKIP
+        >>> a.verdict, a.n_steps, a.completeness_gap                       # doctest: +SKIP
+        ('converged', 64, 0.003)
     """
 
     raw: np.ndarray
@@ -113,6 +162,51 @@ class Attribution:
     convergence_delta: float | None = None
     target_value: float | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    baseline: str | None = None
+    baseline_value: float | None = None
+    n_steps: int | None = None
+    completeness_gap: float | None = None
+    converged: bool | None = None
+    tolerance: float | None = None
+    baseline_same_side: bool | None = None
+    baseline_candidates: dict[str, float] | None = None
+
+    @property
+    def input_value(self) -> float | None:
+        """``f(x)``: the explained output at the image."""
+        return self.target_value
+
+    @property
+    def verdict(self) -> str:
+        """A plain verdict on this attribution (a key of :data:`VERDICTS`)."""
+        if self.converged is False:
+            return "not converged"
+        if self.baseline_same_side:
+            return "baseline on the same side of the decision"
+        if self.convergence_delta is not None and self.completeness_gap is None and self.converged:
+            return "baseline scored like the input"
+        if self.converged:
+            return "converged"
+        return "no completeness check"
+
+    def evidence(self) -> dict[str, Any]:
+        """Everything needed to judge this attribution, JSON-ready (the faithfulness card
+        without the deletion check; see :func:`faithfulness_card`)."""
+        return {
+            "method": self.method,
+            "target": self.target.describe(),
+            "baseline": self.baseline,
+            "baseline_value": self.baseline_value,
+            "input_value": self.input_value,
+            "n_steps": self.n_steps,
+            "convergence_delta": self.convergence_delta,
+            "completeness_gap": self.completeness_gap,
+            "tolerance": self.tolerance,
+            "converged": self.converged,
+            "baseline_same_side": self.baseline_same_side,
+            "baseline_candidates": self.baseline_candidates,
+            "verdict": self.verdict,
+        }
 
     @property
     def original_size(self) -> tuple[int, int]:
@@ -135,10 +229,19 @@ class Attribution:
         return f"{self.method}: {self.target.describe()}"
 
     def __repr__(self) -> str:
-        delta = "" if self.convergence_delta is None else f", convergence_delta={self.convergence_delta:.3g}"
+        extra = ""
+        if self.baseline is not None:
+            extra += f", baseline={self.baseline!r}"
+        if self.n_steps is not None:
+            extra += f", n_steps={self.n_steps}"
+        if self.completeness_gap is not None:
+            extra += f", completeness_gap={self.completeness_gap:.3g}"
+        elif self.convergence_delta is not None:
+            extra += f", convergence_delta={self.convergence_delta:.3g}"
         return (
             f"Attribution(method={self.method!r}, target={self.target.describe()!r}, "
-            f"raw={tuple(self.raw.shape)}, map={tuple(self.map.shape)}{delta})"
+            f"raw={tuple(self.raw.shape)}, map={tuple(self.map.shape)}{extra}, "
+            f"verdict={self.verdict!r})"
         )
 
     def _repr_html_(self) -> str:
@@ -152,10 +255,8 @@ class Attribution:
         rows = [("method", self.method), ("target", self.target.describe()),
                 ("map", f"{self.map.shape[0]} x {self.map.shape[1]} (original image)"),
                 ("raw", " x ".join(map(str, self.raw.shape)))]
-        if self.target_value is not None:
-            rows.append(("target value", f"{self.target_value:.4g}"))
-        if self.convergence_delta is not None:
-            rows.append(("convergence delta", f"{self.convergence_delta:.4g}"))
+        rows += [(k.replace("_", " "), _shown(v)) for k, v in self.evidence().items()
+                 if k not in ("method", "target", "baseline_candidates") and v is not None]
         rows += [(k, str(v)) for k, v in self.params.items()]
         table = "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
                         for k, v in rows)
@@ -169,16 +270,21 @@ def _load(image: Any) -> Any:
     return image if isinstance(image, LoadedImage) else load_image(image)
 
 
-def _baseline_tensor(baselines: Any, pixels: torch.Tensor, *, allow_many: bool) -> torch.Tensor:
-    pixels = pixels.detach()
-    if baselines is None:
-        return torch.zeros_like(pixels)
-    if isinstance(baselines, str):
-        return make_baseline(pixels[0], baselines)[None]  # type: ignore[arg-type]
-    if isinstance(baselines, (int, float)):
-        return torch.full_like(pixels, float(baselines))
+def _shown(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _user_baseline(baselines: Any, pixels: torch.Tensor, *, allow_many: bool) -> torch.Tensor:
+    """A user-given number or tensor as an ``(N, 3, H, W)`` baseline batch."""
+    if isinstance(baselines, bool) or not isinstance(baselines, (int, float, torch.Tensor)):
+        raise TypeError(
+            f"baselines must be one of {sorted(BASELINES)}, a number or a tensor; "
+            f"got {type(baselines).__name__}"
+        )
     if not isinstance(baselines, torch.Tensor):
-        raise TypeError(f"baselines must be None, 'zero'|'mean'|'blur', a number or a tensor; got {type(baselines).__name__}")
+        return torch.full_like(pixels.detach(), float(baselines))
     tensor = baselines.to(device=pixels.device, dtype=pixels.dtype)
     if tensor.ndim == 3:
         tensor = tensor[None]
@@ -186,8 +292,30 @@ def _baseline_tensor(baselines: Any, pixels: torch.Tensor, *, allow_many: bool) 
         raise ValueError(f"baselines must have shape (3, H, W) or (N, 3, H, W) = (N, {', '.join(map(str, pixels.shape[1:]))}); "
                          f"got {tuple(baselines.shape)}")
     if tensor.shape[0] != 1 and not allow_many:
-        raise ValueError("this method takes one baseline image; got several (only gradient_shap takes a distribution)")
+        raise ValueError("this method takes one baseline image; got several "
+                         "(integrated_gradients and gradient_shap take several)")
     return tensor
+
+
+def _resolve_baselines(baselines: Any, default: str, *, allow_many: bool, pixels: torch.Tensor,
+                       forward: Callable[[torch.Tensor], torch.Tensor],
+                       margin: Callable[[torch.Tensor], torch.Tensor] | None,
+                       backbone: Any, original_size: tuple[int, int], seed: int | None) -> BaselineChoice:
+    if baselines is None:
+        baselines = default
+    if isinstance(baselines, str):
+        if baselines not in BASELINES:
+            raise ValueError(f"unknown baseline {baselines!r}; choose one of {sorted(BASELINES)}")
+        if baselines == "expected" and not allow_many:
+            raise ValueError("baselines='expected' averages over several baselines; this method takes one")
+        return choose_baseline(baselines, pixels, forward, margin, backbone=backbone,
+                               original_size=original_size, seed=0 if seed is None else seed)
+    tensor = _user_baseline(baselines, pixels, allow_many=allow_many)
+    with torch.no_grad():
+        values = forward(tensor).detach().double().cpu().numpy()
+        margins = None if margin is None else margin(tensor).detach().double().cpu().numpy()
+    name = "tensor" if isinstance(baselines, torch.Tensor) else "number"
+    return BaselineChoice(name, tensor, values, margins)
 
 
 def _grid_of(backbone: Any) -> tuple[int, int]:
@@ -276,8 +404,10 @@ def attribute(
     *,
     scorer: Any = None,
     bottleneck: Any = None,
-    baselines: Any = None,
-    n_steps: int = 50,
+    baselines: Any = "auto",
+    n_steps: int | str = "auto",
+    tolerance: float = 0.05,
+    max_steps: int = 1024,
     internal_batch_size: int | None = None,
     nt_samples: int = 10,
     nt_stdevs: float | None = None,
@@ -291,6 +421,13 @@ def attribute(
 ) -> Attribution:
     """Attribute a concept score, a class logit or a prompt similarity to the image's pixels.
 
+    Path methods return converged attributions by default and carry their evidence: the
+    baseline and ``f(baseline)``, ``f(x)``, the steps used, the convergence delta, the
+    relative completeness gap and a :attr:`Attribution.verdict`. A call that stays
+    unconverged warns (:class:`~conceptlens.errors.ConvergenceWarning`), and so does a
+    baseline the model scores on the input's side of the decision
+    (:class:`~conceptlens.errors.BaselineWarning`).
+
     Args:
         backbone: The :class:`~conceptlens.models.Backbone` (must match ``scorer.backbone``).
         image: One image: path, PIL, array, tensor or ``LoadedImage``.
@@ -301,11 +438,16 @@ def attribute(
             and ``"ig"`` are accepted too).
         scorer: :class:`~conceptlens.vocab.ConceptScorer`; needed for concept and class targets.
         bottleneck: A fitted linear concept bottleneck; needed for class targets.
-        baselines: Reference input: ``None`` (zeros in the model's input space: a mid-grey
-            image for ConceptCLIP's mean = std = 0.5), ``"zero"``, ``"mean"``, ``"blur"``, a
-            number, or a ``(3, H, W)`` / ``(N, 3, H, W)`` tensor (several only for
-            ``gradient_shap``, whose default is zeros and the blurred image).
-        n_steps: Integration steps (integrated gradients, SmoothGrad over IG).
+        baselines: Reference input of integrated gradients, occlusion and GradientShap: a
+            name from :data:`~conceptlens.explain.baselines.BASELINES` (default ``"auto"``:
+            the candidate nearest the decision boundary and not on the input's side, see
+            :mod:`conceptlens.explain.baselines`; ``"expected"`` averages over all candidates,
+            GradientShap's default), a number, or a ``(3, H, W)`` / ``(N, 3, H, W)`` tensor.
+        n_steps: Integration steps of integrated gradients: ``"auto"`` (start at 32, double
+            until the completeness gap is at most ``tolerance`` or ``max_steps`` is reached)
+            or a fixed positive int. SmoothGrad over IG uses 50 for ``"auto"``.
+        tolerance: Relative completeness gap accepted as converged (Sundararajan et al. 5 %).
+        max_steps: Step budget of ``n_steps="auto"``.
         internal_batch_size: Bound on the inputs per forward/backward pass (IG steps,
             GradientShap and SmoothGrad samples, occlusion windows); ``None`` runs all at once.
         nt_samples: Noise samples for ``smoothgrad`` and ``gradient_shap``.
@@ -316,40 +458,36 @@ def attribute(
         layer: Grad-CAM block: index into ``backbone.token_layers()`` or the module (default: last).
         relu: Grad-CAM: keep positive evidence only (as in the paper).
         abs: Saliency: absolute gradients (captum's default).
-        seed: Seed for the random draws of ``smoothgrad`` / ``gradient_shap`` (``None``: unseeded).
+        seed: Seed for random draws (noise baseline, ``smoothgrad``, ``gradient_shap``;
+            ``None``: unseeded).
 
     Returns:
-        :class:`Attribution` with ``.map`` on the original image's pixel grid.
+        :class:`Attribution` with ``.map`` on the original image's pixel grid and its evidence.
 
     Raises:
         UnsupportedMethodError: Unknown method, or one the backbone / target cannot support.
         UnknownConceptError, UnknownClassError: The target names nothing the scorer /
             bottleneck knows (both are ``KeyError``).
         TargetError: The target needs a scorer or bottleneck that was not given.
+        ScoreSpaceMismatchError: The bottleneck was fitted on scores made differently from
+            the scorer's.
+
+    References:
+        Sundararajan, Taly and Yan, "Axiomatic Attribution for Deep Networks", ICML 2017.
+        Sturmfels, Lundberg and Lee, "Visualizing the Impact of Feature Attribution
+        Baselines", Distill 2020.
 
     Examples:
         >>> a = attribute(backbone, "lesion.png", target="C0000001", scorer=scorer,
         ...               internal_batch_size=8)                          # doctest: +SKIP
-        >>> a.map.shape == (height, width)                                # doctest: +SKIP
+        >>> a.map.shape == (height, width), a.verdict                     # doctest: +SKIP
+        (True, 'converged')
     """
-    from captum.attr import (
-        GradientShap,
-        InputXGradient,
-        IntegratedGradients,
-        LayerGradCam,
-        NoiseTunnel,
-        Occlusion,
-        Saliency,
-    )
-
     name = _method_name(method)
     if scorer is not None and getattr(scorer, "backbone", backbone) is not backbone:
         raise ValueError("scorer.backbone is not the backbone given: build the scorer on the same backbone")
     resolved = resolve_target(target, scorer=scorer, bottleneck=bottleneck)
-    if n_steps < 1:
-        raise ValueError(f"n_steps must be >= 1, got {n_steps}")
-    if internal_batch_size is not None and internal_batch_size < 1:
-        raise ValueError(f"internal_batch_size must be >= 1 or None, got {internal_batch_size}")
+    _check_settings(n_steps, tolerance, max_steps, internal_batch_size, nt_samples)
 
     loaded = _load(image)
     pixels = backbone.preprocess([loaded.image]).to(backbone.device).float()
@@ -359,76 +497,65 @@ def attribute(
         return _concept_map_attribution(backbone, scorer, resolved, loaded, pixels, original_size)
 
     forward = _float_output(resolved.build(backbone, scorer, bottleneck))
+    built_margin = resolved.build_margin(backbone, scorer, bottleneck)
+    margin = None if built_margin is None else _float_output(built_margin)
     with torch.no_grad():
         target_value = float(forward(pixels)[0])
     inputs = pixels.clone().requires_grad_(True)
     generator_state = torch.random.get_rng_state()
     if seed is not None:
         torch.manual_seed(seed)
+    evidence: dict[str, Any] = {}
     params: dict[str, Any] = {}
-    delta: float | None = None
-    used_baselines: torch.Tensor | None = None
+    choice: BaselineChoice | None = None
+
+    def baseline_for(default: str, allow_many: bool) -> BaselineChoice:
+        return _resolve_baselines(baselines, default, allow_many=allow_many, pixels=pixels,
+                                  forward=forward, margin=margin, backbone=backbone,
+                                  original_size=original_size, seed=seed)
+
     try:
         if name == "integrated_gradients":
-            used_baselines = _baseline_tensor(baselines, pixels, allow_many=False)
-            attr, d = IntegratedGradients(forward).attribute(
-                inputs, baselines=used_baselines, n_steps=n_steps,
-                internal_batch_size=internal_batch_size, return_convergence_delta=True,
+            choice = baseline_for("auto", allow_many=True)
+            attr, steps, check = adaptive_integrated_gradients(
+                forward, inputs, choice.tensor, input_value=target_value, baseline_values=choice.values,
+                n_steps=n_steps, tolerance=tolerance, max_steps=max_steps,
+                internal_batch_size=internal_batch_size,
             )
-            delta = float(d.sum())
-            params = {"n_steps": n_steps, "internal_batch_size": internal_batch_size}
+            evidence = {"n_steps": steps, "convergence_delta": check.delta,
+                        "completeness_gap": check.gap, "converged": check.converged, "tolerance": tolerance}
+            params = {"n_steps": steps, "internal_batch_size": internal_batch_size}
         elif name == "gradient_shap":
-            if baselines is None:
-                used_baselines = torch.cat([torch.zeros_like(pixels), make_baseline(pixels[0], "blur")[None]])
-            else:
-                used_baselines = _baseline_tensor(baselines, pixels, allow_many=True)
-            stdevs = _noise(nt_stdevs, pixels)
-            if nt_samples < 1:
-                raise ValueError(f"nt_samples must be >= 1, got {nt_samples}")
-            chunk = internal_batch_size or nt_samples
-            explainer = GradientShap(forward)
-            total, deltas = None, []
-            for start in range(0, nt_samples, chunk):
-                n = min(chunk, nt_samples - start)
-                part, d = explainer.attribute(
-                    inputs, baselines=used_baselines, n_samples=n, stdevs=stdevs,
-                    return_convergence_delta=True,
-                )
-                total = part * n if total is None else total + part * n
-                deltas.append(d.detach())
-            attr = total / nt_samples
-            delta = float(torch.cat(deltas).mean())
-            params = {"n_samples": nt_samples, "stdevs": stdevs, "internal_batch_size": internal_batch_size}
+            choice = baseline_for("expected", allow_many=True)
+            attr, delta = _gradient_shap(forward, inputs, choice.tensor, nt_samples, _noise(nt_stdevs, pixels),
+                                         internal_batch_size)
+            check = judge_completeness(float(attr.detach().double().sum()), target_value, choice.value, tolerance)
+            evidence = {"convergence_delta": delta, "completeness_gap": check.gap, "tolerance": tolerance}
+            params = {"n_samples": nt_samples, "stdevs": _noise(nt_stdevs, pixels),
+                      "internal_batch_size": internal_batch_size}
         elif name == "saliency":
             attr = Saliency(forward).attribute(inputs, abs=abs)
             params = {"abs": abs}
         elif name == "input_x_gradient":
             attr = InputXGradient(forward).attribute(inputs)
         elif name == "occlusion":
-            used_baselines = _baseline_tensor(baselines, pixels, allow_many=False)
+            choice = baseline_for("auto", allow_many=False)
             window = _pair(sliding_window, _patch(backbone), "sliding_window")
             stride = _pair(strides, window, "strides")
             attr = Occlusion(forward).attribute(
                 inputs, sliding_window_shapes=(3, *window), strides=(3, *stride),
-                baselines=used_baselines, perturbations_per_eval=internal_batch_size or 1,
+                baselines=choice.tensor, perturbations_per_eval=internal_batch_size or 1,
             )
             params = {"sliding_window": window, "strides": stride}
         elif name == "smoothgrad":
+            if nt_base != "saliency" and _method_name(nt_base) == "integrated_gradients":
+                choice = baseline_for("auto", allow_many=False)
             attr, params = _smoothgrad(
-                forward, inputs, baselines, nt_base, nt_samples, nt_stdevs, n_steps, internal_batch_size, abs,
-                IntegratedGradients, Saliency, NoiseTunnel,
+                forward, inputs, choice, nt_base, nt_samples, nt_stdevs,
+                50 if n_steps == "auto" else n_steps, internal_batch_size, abs,
             )
         elif name == "grad_cam":
-            block = _select_layer(backbone, layer)
-            view = _TokenGrid()
-            handle = block.register_forward_hook(
-                _grid_hook(view, int(getattr(backbone, "num_prefix_tokens", 0) or 0), _grid_of(backbone))
-            )
-            try:
-                attr = LayerGradCam(forward, view).attribute(inputs, relu_attributions=relu)
-            finally:
-                handle.remove()
-            params = {"layer": layer if layer is not None else -1, "relu": relu}
+            attr, params = _grad_cam(forward, inputs, backbone, layer, relu)
         else:  # pragma: no cover - _method_name guards this
             raise UnsupportedMethodError(name)
     finally:
@@ -441,11 +568,89 @@ def attribute(
     else:
         raw = attr[0].detach().cpu().double().numpy()
         mapped = _to_original(raw.sum(axis=0), original_size, (1.0, 1.0))
-    return Attribution(
+    result = Attribution(
         raw=raw, map=mapped, method=name, target=resolved, image=loaded.image,
-        pixel_values=pixels.detach(), forward=forward, baselines=used_baselines,
-        convergence_delta=delta, target_value=target_value, params=params,
+        pixel_values=pixels.detach(), forward=forward,
+        baselines=None if choice is None else choice.tensor,
+        target_value=target_value, params=params, **evidence, **_baseline_evidence(choice, margin, pixels),
     )
+    _warn_about(result)
+    return result
+
+
+def _check_settings(n_steps: Any, tolerance: float, max_steps: int, internal_batch_size: int | None,
+                    nt_samples: int) -> None:
+    if n_steps != "auto" and (isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1):
+        raise ValueError(f"n_steps must be 'auto' or an int >= 1, got {n_steps!r}")
+    if not (isinstance(tolerance, (int, float)) and 0 < tolerance < 1):
+        raise ValueError(f"tolerance must be a number in (0, 1), got {tolerance!r}")
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+        raise ValueError(f"max_steps must be an int >= 1, got {max_steps!r}")
+    if internal_batch_size is not None and internal_batch_size < 1:
+        raise ValueError(f"internal_batch_size must be >= 1 or None, got {internal_batch_size}")
+    if nt_samples < 1:
+        raise ValueError(f"nt_samples must be >= 1, got {nt_samples}")
+
+
+def _baseline_evidence(choice: BaselineChoice | None, margin: Any, pixels: torch.Tensor) -> dict[str, Any]:
+    if choice is None:
+        return {}
+    same_side = None
+    if choice.margin is not None and margin is not None:
+        with torch.no_grad():
+            input_margin = float(margin(pixels)[0])
+        same_side = bool(input_margin != 0 and np.sign(choice.margin) == np.sign(input_margin))
+    return {"baseline": choice.name, "baseline_value": choice.value, "baseline_same_side": same_side,
+            "baseline_candidates": choice.candidates}
+
+
+def _warn_about(result: Attribution) -> None:
+    where = f"{result.method} of {result.target.describe()}"
+    if result.converged is False:
+        gap = "undefined" if result.completeness_gap is None else f"{result.completeness_gap:.3g}"
+        warnings.warn(
+            f"{where} did not converge: completeness gap {gap} (tolerance {result.tolerance}) after "
+            f"{result.n_steps} steps, convergence delta {result.convergence_delta:.4g}; raise "
+            "max_steps (or n_steps), or choose another baseline",
+            ConvergenceWarning, stacklevel=3,
+        )
+    if result.baseline_same_side:
+        warnings.warn(
+            f"{where}: the baseline ({result.baseline}, f = {result.baseline_value:.4g}) is scored on "
+            f"the same side of the decision as the input (f = {result.input_value:.4g}); the map "
+            "explains 'more than the baseline', not 'why'",
+            BaselineWarning, stacklevel=3,
+        )
+
+
+def _gradient_shap(forward: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor,
+                   baselines: torch.Tensor, nt_samples: int, stdevs: float,
+                   internal_batch_size: int | None) -> tuple[torch.Tensor, float]:
+    explainer = GradientShap(forward)
+    chunk = internal_batch_size or nt_samples
+    total, deltas = None, []
+    for start in range(0, nt_samples, chunk):
+        n = min(chunk, nt_samples - start)
+        part, d = explainer.attribute(inputs, baselines=baselines, n_samples=n, stdevs=stdevs,
+                                      return_convergence_delta=True)
+        total = part * n if total is None else total + part * n
+        deltas.append(d.detach())
+    assert total is not None
+    return total / nt_samples, float(torch.cat(deltas).mean())
+
+
+def _grad_cam(forward: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, backbone: Any,
+              layer: Any, relu: bool) -> tuple[torch.Tensor, dict[str, Any]]:
+    block = _select_layer(backbone, layer)
+    view = _TokenGrid()
+    handle = block.register_forward_hook(
+        _grid_hook(view, int(getattr(backbone, "num_prefix_tokens", 0) or 0), _grid_of(backbone))
+    )
+    try:
+        attr = LayerGradCam(forward, view).attribute(inputs, relu_attributions=relu)
+    finally:
+        handle.remove()
+    return attr, {"layer": layer if layer is not None else -1, "relu": relu}
 
 
 def _noise(nt_stdevs: float | None, pixels: torch.Tensor) -> float:
@@ -473,22 +678,22 @@ def _pair(value: Any, default: Any, what: str) -> tuple[int, int]:
     return out  # type: ignore[return-value]
 
 
-def _smoothgrad(forward, pixels, baselines, nt_base, nt_samples, nt_stdevs, n_steps, internal_batch_size,
-                abs_, ig_cls, saliency_cls, tunnel_cls) -> tuple[torch.Tensor, dict[str, Any]]:
+def _smoothgrad(forward, pixels, choice, nt_base, nt_samples, nt_stdevs, n_steps, internal_batch_size,
+                abs_) -> tuple[torch.Tensor, dict[str, Any]]:
     base = _method_name(nt_base)
     stdevs = _noise(nt_stdevs, pixels)
     if base == "saliency":
-        tunnel = tunnel_cls(saliency_cls(forward))
+        tunnel = NoiseTunnel(Saliency(forward))
         attr = tunnel.attribute(pixels, nt_type="smoothgrad", nt_samples=nt_samples, stdevs=stdevs,
                                 nt_samples_batch_size=internal_batch_size, abs=abs_)
     elif base == "integrated_gradients":
-        tunnel = tunnel_cls(ig_cls(forward))
+        tunnel = NoiseTunnel(IntegratedGradients(forward))
         attr = tunnel.attribute(pixels, nt_type="smoothgrad", nt_samples=nt_samples, stdevs=stdevs,
-                                nt_samples_batch_size=1, baselines=_baseline_tensor(baselines, pixels, allow_many=False),
+                                nt_samples_batch_size=1, baselines=choice.tensor,
                                 n_steps=n_steps, internal_batch_size=internal_batch_size)
     else:
         raise UnsupportedMethodError(f"smoothgrad averages 'saliency' or 'integrated_gradients', not {nt_base!r}")
-    return attr, {"nt_base": base, "nt_samples": nt_samples, "stdevs": stdevs}
+    return attr, {"nt_base": base, "nt_samples": nt_samples, "stdevs": stdevs, "n_steps": n_steps}
 
 
 def _concept_map_attribution(backbone, scorer, target, loaded, pixels, original_size) -> Attribution:

@@ -16,7 +16,6 @@ String shorthand accepted by :func:`resolve_target` (and ``attribute(target=...)
 
 from __future__ import annotations
 
-import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -107,6 +106,15 @@ class Target(ABC):
     def describe(self) -> str:
         """A short human-readable label, e.g. ``"concept C0000000 (pigment network)"``."""
 
+    def build_margin(self, backbone: Any, scorer: Any = None, bottleneck: Any = None) -> TargetFunction | None:
+        """The signed distance ``(B, 3, H, W) -> (B,)`` to this target's decision boundary
+        (positive where the decision holds), or ``None`` when the target has no boundary.
+
+        Attributions use it to check that their baseline is not scored on the input's side
+        of the decision (see :mod:`conceptlens.explain.baselines`).
+        """
+        return None
+
     def _require(self, scorer: Any, bottleneck: Any) -> None:
         what = type(self).__name__
         if self.needs_scorer and scorer is None:
@@ -135,6 +143,19 @@ class ConceptTarget(Target):
 
         return concept_score
 
+    def build_margin(self, backbone: Any, scorer: Any = None, bottleneck: Any = None) -> TargetFunction | None:
+        """``score - 0.5`` for probability calibrations (``sigmoid``, ``paired_softmax``);
+        ``None`` for cosine scores, which have no decision threshold."""
+        calibration = getattr(getattr(scorer, "config", None), "calibration", None)
+        if calibration not in ("sigmoid", "paired_softmax"):
+            return None
+        score = self.build(backbone, scorer, bottleneck)
+
+        def concept_margin(pixel_values: torch.Tensor) -> torch.Tensor:
+            return score(pixel_values) - 0.5
+
+        return concept_margin
+
     def describe(self) -> str:
         return f"concept {self.concept}"
 
@@ -143,8 +164,11 @@ class ConceptTarget(Target):
 class ClassTarget(Target):
     """The decision value (logit) of one class of a fitted linear concept bottleneck.
 
-    The chain is pixels -> the scorer's concept scores -> ``scores @ coef_[c] + intercept_[c]``,
-    differentiable end to end. The bottleneck's ``coef_`` / ``intercept_`` are in original
+    The chain is pixels -> the scorer's concept scores -> the bottleneck's ``input_transform``
+    (e.g. log-odds) -> ``scores @ coef_[c] + intercept_[c]``, differentiable end to end, so
+    the target value equals the bottleneck's own ``decision_function`` on the scorer's output.
+    Building it raises :class:`~conceptlens.errors.ScoreSpaceMismatchError` when the scorer's
+    settings, vocabulary or backbone differ from those of the bottleneck's training scores. The bottleneck's ``coef_`` / ``intercept_`` are in original
     score units (any standardisation is already folded in). For a binary bottleneck, the
     positive class ``classes_[1]`` gets the decision value ``d`` and ``classes_[0]`` gets ``-d``.
 
@@ -163,6 +187,8 @@ class ClassTarget(Target):
         Raises:
             UnknownClassError: The class is not among ``bottleneck.classes_``.
             TargetError: The bottleneck is not fitted, or uses a concept the scorer lacks.
+            ScoreSpaceMismatchError: The scorer makes scores differently from the
+                bottleneck's training scores.
         """
         self._require(scorer, bottleneck)
         for attribute in ("coef_", "intercept_", "classes_"):
@@ -185,6 +211,7 @@ class ClassTarget(Target):
             row = classes.index(label)
             weights, bias = coef[row], float(intercept[row])
         ids = _vocabulary_ids(scorer)
+        check_bottleneck_matches_scorer(bottleneck, scorer)
         features = getattr(bottleneck, "feature_names_in_", None)
         if features is None:
             if coef.shape[1] != len(ids):
@@ -197,40 +224,66 @@ class ClassTarget(Target):
         missing = [f for f in features if f not in ids]
         if missing:
             raise TargetError(f"bottleneck uses concepts the scorer's vocabulary lacks: {missing[:10]}")
-        _warn_if_other_vocabulary(scorer, bottleneck, features, ids)
         return np.array([ids.index(f) for f in features]), weights, bias
 
     def build(self, backbone: Any, scorer: Any = None, bottleneck: Any = None) -> TargetFunction:
+        from conceptlens.concepts.score_space import transform_scores_tensor
+
         indices, weights, bias = self.linear_map(scorer, bottleneck)
         index_t = torch.as_tensor(indices, dtype=torch.long)
         weight_t = torch.as_tensor(weights)
+        how = getattr(bottleneck, "input_transform", "identity")
 
         def class_logit(pixel_values: torch.Tensor) -> torch.Tensor:
             scores = scorer.score_tensor(pixel_values)
-            chosen = scores[:, index_t.to(scores.device)]
+            chosen = transform_scores_tensor(scores[:, index_t.to(scores.device)], how)
             return chosen @ weight_t.to(device=scores.device, dtype=scores.dtype) + bias
 
         return class_logit
+
+    def build_margin(self, backbone: Any, scorer: Any = None, bottleneck: Any = None) -> TargetFunction | None:
+        """Binary: the class's decision value; multiclass: its logit minus the largest other
+        class logit (positive where the bottleneck predicts this class)."""
+        classes = _bottleneck_classes(bottleneck)
+        if len(classes) <= 2:
+            return self.build(backbone, scorer, bottleneck)
+        logits = [ClassTarget(c).build(backbone, scorer, bottleneck) for c in classes]
+        label = _plain(self.label)
+        row = classes.index(label) if label in classes else [str(c) for c in classes].index(str(label))
+
+        def class_margin(pixel_values: torch.Tensor) -> torch.Tensor:
+            values = torch.stack([fn(pixel_values) for fn in logits], dim=1)
+            others = torch.cat([values[:, :row], values[:, row + 1:]], dim=1)
+            return values[:, row] - others.max(dim=1).values
+
+        return class_margin
 
     def describe(self) -> str:
         return f"class {self.label!r}"
 
 
-def _warn_if_other_vocabulary(scorer: Any, bottleneck: Any, features: list[str], ids: list[str]) -> None:
-    """Warn when a bottleneck fitted on one vocabulary explains scores of another with the same ids.
+def check_bottleneck_matches_scorer(bottleneck: Any, scorer: Any) -> None:
+    """Raise unless ``scorer`` makes scores the way ``bottleneck``'s training scores were made.
 
-    Same ids with a different content hash (other synonyms, prompts or modality) give other
-    score distributions than the ones the bottleneck's weights were fitted on.
+    Compares the bottleneck's recorded scorer settings (``score_space_``), vocabulary hash and
+    backbone identity with the scorer's; see
+    :func:`conceptlens.concepts.score_space.check_score_space`.
+
+    Raises:
+        ScoreSpaceMismatchError: Any of them differs (the message lists each difference).
     """
-    fitted = getattr(bottleneck, "vocabulary_hash_", None)
-    current = getattr(getattr(scorer, "vocabulary", None), "hash", None)
-    if fitted and current and fitted != current and features == ids:
-        warnings.warn(
-            f"the bottleneck was fitted on scores of vocabulary {fitted} but the scorer uses "
-            f"vocabulary {current}; the concept ids match, but their scores may not be comparable",
-            UserWarning,
-            stacklevel=4,
-        )
+    from conceptlens.concepts.score_space import check_score_space
+
+    config = getattr(scorer, "config", None)
+    backbone = getattr(scorer, "backbone", None)
+    identity = getattr(backbone, "identity", None)
+    check_score_space(
+        bottleneck,
+        config=config.to_dict() if hasattr(config, "to_dict") else None,
+        vocabulary_hash=getattr(getattr(scorer, "vocabulary", None), "hash", None),
+        backbone=identity.to_dict() if hasattr(identity, "to_dict") else None,
+        where="the scorer",
+    )
 
 
 @dataclass(frozen=True)

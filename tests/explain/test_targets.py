@@ -92,20 +92,21 @@ def test_class_target_rejects_concepts_missing_from_the_scorer():
         ClassTarget("benign").build(None, _Scorer(), Other())
 
 
-def test_class_target_warns_when_the_bottleneck_saw_another_vocabulary():
+def test_class_target_raises_when_the_bottleneck_saw_another_vocabulary():
     import warnings
     from types import SimpleNamespace
 
     import numpy as np
     import pytest
 
+    from conceptlens.errors import ScoreSpaceMismatchError
     from conceptlens.explain import ClassTarget
 
     scorer = SimpleNamespace(vocabulary=SimpleNamespace(ids=["a", "b"], hash="current", names={}))
     bottleneck = SimpleNamespace(coef_=np.array([[1.0, -1.0]]), intercept_=np.array([0.5]),
                                  classes_=np.array([0, 1]), feature_names_in_=np.array(["a", "b"]),
                                  vocabulary_hash_="fitted")
-    with pytest.warns(UserWarning, match="vocabulary fitted"):
+    with pytest.raises(ScoreSpaceMismatchError, match="vocabulary fitted"):
         ClassTarget(1).linear_map(scorer, bottleneck)
     bottleneck.vocabulary_hash_ = "current"
     with warnings.catch_warnings():

@@ -39,6 +39,10 @@ class ImageExplanation:
         maps: Concept id -> ``(H, W)`` concept map in original-image coordinates.
         attribution: ``(H, W)`` gradient attribution in original-image coordinates.
         attribution_label: What the attribution explains (method and target).
+        faithfulness: The attribution's faithfulness card
+            (:func:`~conceptlens.explain.faithfulness_card`), shown beside it.
+        warnings: Input warnings for this image (dicts with ``kind`` and ``message``, from
+            ``ConceptScores.warnings``), shown beside the image.
     """
 
     image_id: str
@@ -52,6 +56,8 @@ class ImageExplanation:
     maps: Mapping[str, np.ndarray] = field(default_factory=dict)
     attribution: np.ndarray | None = None
     attribution_label: str = ""
+    faithfulness: Mapping[str, Any] | None = None
+    warnings: Sequence[Mapping[str, Any]] = ()
 
     def name(self, concept_id: str) -> str:
         """Preferred name of a concept id (the id itself when no name is known)."""
@@ -112,7 +118,6 @@ def explanation_report(
     if not explanations:
         raise ValueError("explanation_report needs at least one ImageExplanation")
     report = Report(title, kind="explanation", notice=notice)
-    report.add(_identity_facts(backbone, vocabulary, scoring, extra_facts))
     for item in explanations:
         heading = item.image_id if item.prediction is None else f"{item.image_id}: {item.prediction}"
         summary: dict[str, Any] = {"image": item.image_id, "size (w x h)": f"{item.image.width} x {item.image.height}"}
@@ -126,6 +131,13 @@ def explanation_report(
                 summary["intercept"] = float(item.intercept)
                 summary["decision value"] = float(item.intercept + item.contributions.sum())
         report.add(Facts(heading, facts=summary))
+        if item.warnings:
+            report.add(Table(
+                f"{item.image_id}: input warnings",
+                frame=pd.DataFrame([{"kind": w.get("kind", ""), "message": w.get("message", "")}
+                                    for w in item.warnings]),
+                caption="The model should not be trusted on this input: read its explanation with care.",
+            ))
 
         gallery = Gallery(f"{item.image_id}: image", caption="The image as loaded (thumbnail).")
         gallery.add(item.image, item.image_id, max_side=384, format="PNG")
@@ -167,7 +179,35 @@ def explanation_report(
                 f"{item.image_id}: attribution", fig, caption=item.attribution_label,
                 data={"sum": float(np.sum(item.attribution)),
                       "max_abs": float(np.max(np.abs(item.attribution)))}))
+        if item.faithfulness is not None:
+            report.add(_faithfulness_facts(item.image_id, item.faithfulness))
+    report.add(_identity_facts(backbone, vocabulary, scoring, extra_facts))
     return report
+
+
+_CARD_LABELS = {
+    "verdict": "verdict",
+    "method": "method",
+    "target": "explains",
+    "input_value": "f(x), the explained output",
+    "baseline": "baseline",
+    "baseline_value": "f(baseline)",
+    "n_steps": "integration steps",
+    "completeness_gap": "completeness gap |sum - (f(x) - f(b))| / |f(x) - f(b)|",
+    "convergence_delta": "convergence delta sum - (f(x) - f(b))",
+    "tolerance": "tolerance",
+    "baseline_same_side": "baseline on the input's side of the decision",
+    "deletion_auc": "deletion AUC (normalised, lower is better)",
+    "random_deletion_auc": "deletion AUC of random maps",
+    "deletion_ratio": "deletion ratio map / random (below 1: better than chance)",
+}
+
+
+def _faithfulness_facts(image_id: str, card: Mapping[str, Any]) -> Facts:
+    facts = {label: card[key] for key, label in _CARD_LABELS.items() if card.get(key) is not None}
+    if card.get("completeness_gap") is None and card.get("convergence_delta") is not None:
+        facts[_CARD_LABELS["completeness_gap"]] = "undefined: f(x) and f(baseline) nearly equal"
+    return Facts(f"{image_id}: faithfulness card", facts=facts)
 
 
 def _frame_fields(result: Any) -> list[tuple[str, pd.DataFrame]]:

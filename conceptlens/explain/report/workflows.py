@@ -37,6 +37,14 @@ def model_notice(backbone: Any) -> str | None:
     return None
 
 
+def _warnings_of(scores: Any, image_id: Any) -> list[dict[str, Any]]:
+    table = getattr(scores, "warnings", None)
+    if not isinstance(table, pd.DataFrame) or table.empty or "image_id" not in table:
+        return []
+    rows = table[table["image_id"].astype(str) == str(image_id)]
+    return rows[["kind", "message"]].to_dict(orient="records")
+
+
 def explain_images(
     scorer: Any,
     images: Any,
@@ -44,7 +52,7 @@ def explain_images(
     bottleneck: Any = None,
     method: str = "integrated_gradients",
     top_k: int = 4,
-    n_steps: int = 16,
+    n_steps: int | str = "auto",
     internal_batch_size: int | None = 8,
     max_images: int | None = 20,
     notice: str | None = None,
@@ -52,10 +60,11 @@ def explain_images(
 ) -> tuple[Report, pd.DataFrame]:
     """Explain images end to end and return the report plus the images that failed.
 
-    For each image: concept scores; with a ``bottleneck``, the predicted class, its
+    For each image: input warnings, concept scores; with a ``bottleneck``, the predicted class, its
     probabilities and each concept's signed contribution; the concept maps of the ``top_k``
     concepts (one forward pass); and a gradient attribution of the predicted class (or,
-    without a bottleneck, of the top concept) with ``method``.
+    without a bottleneck, of the top concept) with ``method``, with its faithfulness card
+    (:func:`conceptlens.explain.faithfulness_card`).
 
     Args:
         scorer: A :class:`~conceptlens.vocab.ConceptScorer`.
@@ -63,7 +72,8 @@ def explain_images(
         bottleneck: A fitted concept bottleneck (optional).
         method: Attribution method for :func:`conceptlens.explain.attribute`; ``None`` skips it.
         top_k: Concepts shown per image.
-        n_steps: Integration steps of path methods.
+        n_steps: Integration steps of path methods (``"auto"``: until converged, see
+            :func:`conceptlens.explain.attribute`).
         internal_batch_size: Bound on inputs per forward/backward pass during attribution.
         max_images: At most this many images are explained (the first ones scored).
         notice: Warning shown on top of the report.
@@ -73,6 +83,7 @@ def explain_images(
         ``(report, errors)``: the :class:`Report` and a DataFrame of skipped images with reasons.
     """
     from conceptlens.explain import attribute
+    from conceptlens.explain.faithfulness import faithfulness_card
     from conceptlens.vocab.sources import iter_image_sources
 
     scores = scorer.score(images)
@@ -95,7 +106,8 @@ def explain_images(
     for i, image_id in enumerate(ids):
         loaded = loaders[image_id]()
         row = scores.table.loc[image_id]
-        item = ImageExplanation(image_id=str(image_id), image=loaded.image, scores=row, concept_names=names)
+        item = ImageExplanation(image_id=str(image_id), image=loaded.image, scores=row, concept_names=names,
+                                warnings=_warnings_of(scores, image_id))
         if bottleneck is not None:
             pred = predictions[i]
             item.prediction = str(pred)
@@ -125,7 +137,8 @@ def explain_images(
                                     bottleneck=bottleneck, n_steps=n_steps,
                                     internal_batch_size=internal_batch_size)
             item.attribution = np.asarray(attribution.map)
-            item.attribution_label = f"{attribution.method} of {attribution.target}"
+            item.attribution_label = f"{attribution.method} of {attribution.target.describe()}"
+            item.faithfulness = faithfulness_card(attribution)
         explanations.append(item)
 
     backbone = scorer.backbone.identity.to_dict()
