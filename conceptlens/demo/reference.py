@@ -7,9 +7,11 @@ drawn (default probabilities), with seed :data:`REFERENCE_SEED`, which neither t
 :func:`conceptlens.vocab.reference.default_reference` whenever it scores with
 ``load_backbone("demo")``.
 
-Why a shipped file rather than computing it at first use (measured on a 2-core CPU): loading
-and refitting the 1000 x 64 file takes about 10 ms and 128 KB of package data; drawing and
-encoding the same 1000 images takes about 12 s (2 s to generate, 10 s to encode) per process.
+Why a shipped file rather than computing it at first use (measured on a 2-core CPU): the
+file is 118 KB of package data and loading and refitting it takes 12 ms (0.36 s on the
+first call of a process, which imports scikit-learn's covariance module); drawing and
+encoding the same 1000 images takes about 10 s per process (2 s to generate, the rest to
+load the model and encode). The two references give the same threshold to 1e-4.
 
 Rebuild (after retraining the demo model): ``python -m conceptlens.demo.reference``.
 """

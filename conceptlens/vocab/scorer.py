@@ -523,10 +523,14 @@ class ConceptScorer:
     :meth:`ConceptScores.warnings_for` gives one image's) and emits one
     :class:`~conceptlens.vocab.input_checks.InputQualitySummary` (an
     :class:`~conceptlens.errors.InputQualityWarning`) per call that flagged any. Measured on
-    the demo model with its shipped reference: on clean demo images about 1 % get an
-    ``out_of_distribution`` warning by construction (threshold at the reference's
-    leave-one-out 99th percentile) and none a pixel warning; grayscale, constant, all-black
-    and tiny (8x8) images are all flagged.
+    the demo model with its shipped reference: of 1100 clean demo images (5 generator seeds x
+    220) 13 were flagged (1.2 %; 0-2.3 % per seed), all ``out_of_distribution`` as expected
+    from a threshold at the reference's leave-one-out 99th percentile, none by a pixel check;
+    grayscale, constant, all-black and 8x8 copies were flagged 100 % on every seed. Milder
+    degradations are mostly *not* caught (contrast x0.5: 7-10 %, brightness -40: 4-8 %, JPEG
+    quality 10: 7-13 %, blur sigma 3: 2-5 %): the demo model's embedding barely moves there.
+    The checks add about 0.4 ms per image (pixel statistics); the OOD score itself is one
+    ``(n, D) x (D, D)`` product.
 
     Examples:
         >>> scorer = ConceptScorer(backbone, vocabulary, cache_dir="features")  # doctest: +SKIP
