@@ -96,6 +96,15 @@ def _neutralise_index(index: pd.Index) -> pd.Index:
                     dtype=object if index.dtype == object else None)
 
 
+def has_carriage_return(frame: pd.DataFrame) -> bool:
+    """Whether any text cell, column name or row label holds a ``"\\r"`` (which Python's
+    csv module leaves unquoted with ``"\\n"`` line ends, splitting the row on reading)."""
+    labels = [*map(str, frame.columns), *map(str, frame.index)]
+    cells = (v for c in frame.columns if frame[c].dtype == object for v in frame[c])
+    return any("\r" in text for text in labels) or any(
+        isinstance(v, str) and "\r" in v for v in cells)
+
+
 def write_csv(frame: pd.DataFrame, path: str | os.PathLike, *, index: bool = True,
               index_label: str | None = None, what: str = "table") -> Path:
     """Write ``frame`` as UTF-8 CSV with formulas neutralised, atomically.
@@ -119,7 +128,9 @@ def write_csv(frame: pd.DataFrame, path: str | os.PathLike, *, index: bool = Tru
     safe.columns = _neutralise_index(safe.columns)
     safe.index = _neutralise_index(safe.index)
     label = neutralise_cell(index_label) if index_label is not None else None
-    text = safe.to_csv(index=index, index_label=label, lineterminator="\n")
+    # csv quotes a cell holding "\n" but not one holding a lone "\r": quote all text then
+    quoting = csv.QUOTE_NONNUMERIC if has_carriage_return(safe) else csv.QUOTE_MINIMAL
+    text = safe.to_csv(index=index, index_label=label, lineterminator="\n", quoting=quoting)
     with file_errors(path, f"write {what}"):
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)

@@ -135,8 +135,7 @@ def write_csv(vocabulary: ConceptVocabulary, path: str | Path) -> None:
     buffer = io.StringIO()
     for key in _META_KEYS:
         buffer.write(f"# {key}: {json.dumps(getattr(vocabulary, key), ensure_ascii=False)}\n")
-    writer = csv.DictWriter(buffer, fieldnames=list(CONCEPT_FIELDS), lineterminator="\n")
-    writer.writeheader()
+    rows = []
     for concept in vocabulary:
         row = concept.to_dict()
         for key in LIST_FIELDS:
@@ -145,5 +144,11 @@ def write_csv(vocabulary: ConceptVocabulary, path: str | Path) -> None:
         row["attributes"] = (
             json.dumps(row["attributes"], ensure_ascii=False, sort_keys=True) if row["attributes"] else ""
         )
-        writer.writerow({key: neutralise_cell(value) for key, value in row.items()})
+        rows.append({key: neutralise_cell(value) for key, value in row.items()})
+    # csv leaves a lone "\r" unquoted with "\n" line ends: then quote every cell
+    lone_cr = any("\r" in str(value) for row in rows for value in row.values())
+    writer = csv.DictWriter(buffer, fieldnames=list(CONCEPT_FIELDS), lineterminator="\n",
+                            quoting=csv.QUOTE_ALL if lone_cr else csv.QUOTE_MINIMAL)
+    writer.writeheader()
+    writer.writerows(rows)
     atomic_write_text(Path(path), buffer.getvalue())
