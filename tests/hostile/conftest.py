@@ -17,3 +17,20 @@ def one_line(text: str) -> str:
 
 
 needs_non_root = pytest.mark.skipif(IS_ROOT, reason="root reads files whatever their mode")
+
+
+@pytest.fixture
+def backbone():
+    """The tiny deterministic fake backbone of the scoring tests."""
+    from tests.vocab.conftest import FakeBackbone
+
+    return FakeBackbone()
+
+
+@pytest.fixture
+def vocabulary():
+    """A three-concept vocabulary for the fake backbone."""
+    from conceptlens.vocab import ConceptVocabulary
+
+    return ConceptVocabulary([{"id": "t:red", "name": "red"}, {"id": "t:blue", "name": "blue"},
+                              {"id": "t:dots", "name": "dots"}], name="t", modality="dermoscopy")
