@@ -181,10 +181,10 @@ class Attribution:
         """A plain verdict on this attribution (a key of :data:`VERDICTS`)."""
         if self.converged is False:
             return "not converged"
-        if self.baseline_same_side:
-            return "baseline on the same side of the decision"
         if self.convergence_delta is not None and self.completeness_gap is None and self.converged:
             return "baseline scored like the input"
+        if self.baseline_same_side:
+            return "baseline on the same side of the decision"
         if self.converged:
             return "converged"
         return "no completeness check"
@@ -614,7 +614,14 @@ def _warn_about(result: Attribution) -> None:
             "max_steps (or n_steps), or choose another baseline",
             ConvergenceWarning, stacklevel=3,
         )
-    if result.baseline_same_side:
+    if result.verdict == "baseline scored like the input":
+        warnings.warn(
+            f"{where}: f(x) = {result.input_value:.4g} and f(baseline) = {result.baseline_value:.4g} "
+            f"({result.baseline}) are nearly equal, so the attributions explain almost nothing and "
+            "their relative completeness gap is undefined; choose another baseline",
+            BaselineWarning, stacklevel=3,
+        )
+    elif result.baseline_same_side:
         warnings.warn(
             f"{where}: the baseline ({result.baseline}, f = {result.baseline_value:.4g}) is scored on "
             f"the same side of the decision as the input (f = {result.input_value:.4g}); the map "
