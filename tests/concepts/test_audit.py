@@ -100,3 +100,76 @@ def test_audit_bad_input(shortcut_model):
         audit(scores, decisions, irrelevant_concepts=["ruler"])
     with pytest.raises(ValueError, match="both expected and irrelevant"):
         audit(scores, decisions, expected_concepts=["C0"], irrelevant_concepts=["C0"])
+
+
+def test_fit_logistic_matches_scikit_learn_with_the_same_ridge():
+    from sklearn.linear_model import LogisticRegression
+
+    from conceptlens.concepts.reliance import fit_logistic
+
+    rng = np.random.default_rng(3)
+    A = rng.normal(size=(300, 4))
+    y = (A @ [1.5, -1.0, 0.0, 0.5] + rng.logistic(size=300) > 0).astype(float)
+    w, _ = fit_logistic(A, y, l2=2.0)
+    ref = LogisticRegression(C=0.5, tol=1e-10, max_iter=10_000).fit(A, y)
+    np.testing.assert_allclose(w[1:], ref.coef_[0], atol=1e-5)
+    np.testing.assert_allclose(w[0], ref.intercept_[0], atol=1e-5)
+
+
+@pytest.fixture
+def leaky_scores():
+    """Concept C2's score leaks C0 (a driver of the decisions) but the decisions ignore C2."""
+    rng = np.random.default_rng(11)
+    Z = rng.normal(size=(500, 4))
+    Z[:, 2] = 0.8 * Z[:, 0] + 0.6 * rng.normal(size=500)
+    labels = (1.5 * Z[:, 0] - 1.0 * Z[:, 1] + rng.logistic(size=500) > 0).astype(int)
+    return pd.DataFrame(Z, columns=["C0", "C1", "C2", "C3"]), labels
+
+
+def test_leaked_concept_is_associated_but_not_flagged(leaky_scores):
+    scores, labels = leaky_scores
+    result = audit(scores, labels, irrelevant_concepts=["C2"])
+    row = result.spurious.iloc[0]
+    assert row["min_q_value"] < 1e-10  # marginally, the leak is strongly associated
+    assert row["test"] == "conditional" and row["q_value"] > 0.05 and not row["flagged"]
+    assert "marginally associated" in row["reason"]
+    tests = result.reliance_tests.set_index("concept")
+    assert tests.loc["C0", "q_value"] < 1e-10 and tests.loc["C1", "q_value"] < 1e-10
+    assert tests.loc["C0", "effect"] > 0 > tests.loc["C1", "effect"]
+    assert (tests["q_value"] >= tests["p_value"] - 1e-12).all()
+
+
+def test_reliance_beyond_labels_is_separated_from_confounding(leaky_scores):
+    scores, labels = leaky_scores
+    rng = np.random.default_rng(5)
+    # labels that themselves follow a marker C3 (confounded), copied by the decision-maker
+    marked = np.where(scores["C3"] > 1.0, 1, labels)
+    result = audit(scores, marked, marked, irrelevant_concepts=["C3"])
+    row = result.spurious.iloc[0]
+    assert row["test"] == "beyond_labels" and not row["flagged"]
+    assert row["confounded_with_labels"] and "confounded with the labels" in row["reason"]
+    conditional = result.reliance_tests.query("test == 'conditional'").set_index("concept")
+    assert conditional.loc["C3", "q_value"] < 1e-6  # without the labels it would look used
+    # a decision-maker that adds the marker to clean labels is flagged, with its evidence
+    decisions = np.where((scores["C3"] > 1.0) & (rng.random(500) < 0.8), 1, labels)
+    result = audit(scores, decisions, labels, irrelevant_concepts=["C3"])
+    row = result.spurious.iloc[0]
+    assert row["flagged"] and not row["confounded_with_labels"]
+    assert row["q_value"] < 1e-6 and row["statistic"] > 20 and row["effect"] > 0
+    assert "beyond_labels likelihood-ratio test" in row["reason"]
+    assert result.summary["flagged_spurious"] == ["C3"]
+    assert result.summary["spurious_test"] == "beyond_labels"
+
+
+def test_multiclass_reliance_tests_are_one_vs_rest(multiclass_rule):
+    scores, y = multiclass_rule
+    result = audit(scores, y, y, irrelevant_concepts=["C5"])
+    tests = result.reliance_tests
+    assert set(tests["test"]) == {"conditional", "beyond_labels", "label_conditional"}
+    assert len(tests) == 3 * 3 * scores.shape[1]
+    top = (tests.query("test == 'conditional'").sort_values("p_value")
+           .drop_duplicates("class").set_index("class")["concept"].to_dict())
+    assert top == {"nevus": "C0", "melanoma": "C1", "bcc": "C2"}
+    assert not result.spurious["flagged"].any()
+    payload = json.loads(json.dumps(result.to_dict()))
+    assert len(payload["reliance_tests"]) == len(tests)
