@@ -166,10 +166,10 @@ def _reason(row: pd.Series, primary: str, relied: bool, associated: bool) -> str
                 f"chi2={row['statistic']:.3g}, p={row['p_value']:.2g}, q={row['q_value']:.2g}")
     if row["flagged"]:
         return f"decisions depend on it {what} ({evidence})"
-    notes = []
+    notes = [f"not used {what} ({evidence})"]
     if row["confounded_with_labels"]:
         notes.append(f"confounded with the labels in this data (label_conditional q="
-                     f"{row['label_q_value']:.2g}), not used beyond them")
+                     f"{row['label_q_value']:.2g})")
     if associated:
         notes.append("marginally associated with decisions only (leakage from other concepts?)")
     if relied:
