@@ -93,14 +93,22 @@ def run_demo(
     half = n // 2
     train, test = ids[:half], ids[half:]
     criteria = [c for c in scores.concept_ids if c != ARTIFACT]
-    bottleneck = SparseLinearBottleneck(cv=3).fit(scores.table.loc[train, criteria], diagnosis[:half])
-    test_pred = bottleneck.predict(scores.table.loc[test, criteria])
+    criteria_vocabulary = vocabulary.subset(criteria)
+
+    def criteria_scores(rows: list[str]) -> Any:
+        # each concept's score depends on its own prompts only: a column subset is exactly what
+        # a scorer of the sub-vocabulary gives, so it carries that vocabulary's hash
+        return type(scores)(scores.table.loc[rows, criteria], config=scores.config, backbone=scores.backbone,
+                            vocabulary_hash=criteria_vocabulary.hash, concept_names=dict(scores.concept_names))
+
+    bottleneck = SparseLinearBottleneck(cv=3).fit(criteria_scores(train), diagnosis[:half])
+    test_pred = bottleneck.predict(criteria_scores(test))
     accuracy = float(np.mean(test_pred == diagnosis[half:]))
     bottleneck.save(out / "bottleneck")
     importance = bottleneck.coef_frame(standardized=True).abs().max(axis=0).sort_values(ascending=False)
 
     explained = {i: images[i] for i in test[:n_explain]}
-    scorer_for_report = ConceptScorer(backbone, vocabulary.subset(criteria), mode="combined",
+    scorer_for_report = ConceptScorer(backbone, criteria_vocabulary, mode="combined",
                                       calibration="sigmoid", progress=False)
     report, _ = explain_images(scorer_for_report, explained, bottleneck=bottleneck, method=method,
                                notice=model_notice(backbone), title="Demo: why melanoma?")
@@ -127,6 +135,7 @@ def run_demo(
         "bottleneck_test_accuracy": accuracy,
         "top_concepts": [names.get(c, c) for c in importance.index[:3]],
         # from the audit's conditional test of the marking (not "any non-zero weight")
+        "explanation_verdicts": _verdicts(report),
         "shortcut_uses_ink_marking": ARTIFACT in result.summary["flagged_spurious"],
         "shortcut_evidence": str(result.spurious.set_index("concept").loc[ARTIFACT, "reason"]),
         "seconds": round(time.perf_counter() - started, 1),
@@ -142,3 +151,10 @@ def run_demo(
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return summary
+
+
+def _verdicts(report: Any) -> dict[str, str]:
+    """Image -> verdict of its attribution's faithfulness card, read off the report."""
+    suffix = ": faithfulness card"
+    return {section.title[: -len(suffix)]: str(section.facts.get("verdict"))
+            for section in report.sections if section.title.endswith(suffix)}
