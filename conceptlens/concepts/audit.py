@@ -154,12 +154,14 @@ def _spurious_table(reliance, tests, primary, alpha, relied, associated) -> pd.D
     spurious["label_q_value"] = label["q_value"].to_numpy()
     spurious["confounded_with_labels"] = (label["q_value"] < alpha).to_numpy()
     spurious["reason"] = [
-        _reason(row, primary, relied[i], associated[i]) for i, row in spurious.iterrows()
+        _reason(row, primary, relied[i], associated[i], row["conditional_q_value"], alpha)
+        for i, row in spurious.iterrows()
     ]
     return spurious
 
 
-def _reason(row: pd.Series, primary: str, relied: bool, associated: bool) -> str:
+def _reason(row: pd.Series, primary: str, relied: bool, associated: bool,
+            conditional_q: float, alpha: float) -> str:
     what = "beyond what the labels explain" if primary == "beyond_labels" else (
         "given the other concepts")
     evidence = (f"{primary} likelihood-ratio test, class {row['class']}: "
@@ -170,7 +172,10 @@ def _reason(row: pd.Series, primary: str, relied: bool, associated: bool) -> str
     if row["confounded_with_labels"]:
         notes.append(f"confounded with the labels in this data (label_conditional q="
                      f"{row['label_q_value']:.2g})")
-    if associated:
+    if primary == "beyond_labels" and conditional_q < alpha:
+        notes.append(f"predicts the decisions given the other concepts (conditional q="
+                     f"{conditional_q:.2g}) but not beyond the labels")
+    elif associated:
         notes.append("marginally associated with decisions only (leakage from other concepts?)")
     if relied:
         notes.append("the surrogate uses it, but the conditional test does not confirm it")
