@@ -36,7 +36,7 @@ def faithfulness_card(
     *,
     steps: int = 20,
     n_random: int = 3,
-    deletion_baseline: str = "blur",
+    deletion_baseline: Any = None,
     batch_size: int = 8,
     seed: int = 0,
 ) -> dict[str, Any]:
@@ -46,8 +46,10 @@ def faithfulness_card(
         attribution: The attribution (needs ``forward`` and ``pixel_values``).
         steps: Deletion steps (``steps + 1`` forward passes per ordering).
         n_random: Random maps whose mean normalised deletion area is the reference.
-        deletion_baseline: What deleted pixels become (see
-            :func:`~conceptlens.explain.metrics.make_baseline`).
+        deletion_baseline: What deleted pixels become: ``None`` (default) for the
+            attribution's own baseline when it used one (so the curve runs from ``f(x)`` to
+            ``f(baseline)``, the span the attribution explains), else ``"blur"``; or a name /
+            tensor accepted by :func:`~conceptlens.explain.metrics.make_baseline`.
         batch_size: Perturbed images per forward call.
         seed: Seed of the random maps.
 
@@ -55,7 +57,7 @@ def faithfulness_card(
         :meth:`Attribution.evidence` plus ``deletion_auc`` (normalised area of the map's
         ordering), ``random_deletion_auc`` (mean over random maps), ``deletion_ratio``
         (their ratio; ``None`` when the output does not move under deletion) and
-        ``deletion_steps``.
+        ``deletion_steps``, ``deletion_baseline``.
 
     Examples:
         >>> card = faithfulness_card(attribute(backbone, image, target, scorer=scorer))  # doctest: +SKIP
@@ -64,11 +66,18 @@ def faithfulness_card(
     """
     card = dict(attribution.evidence())
     card.update({"deletion_auc": None, "random_deletion_auc": None, "deletion_ratio": None,
-                 "deletion_steps": steps})
+                 "deletion_steps": steps, "deletion_baseline": None})
     forward, pixels = attribution.forward, attribution.pixel_values
     if forward is None or pixels is None:
         return card
     image = pixels[0]
+    if deletion_baseline is None:
+        own = attribution.baselines
+        single = own is not None and own.shape[0] == 1
+        deletion_baseline = own[0] if single else "blur"
+        card["deletion_baseline"] = f"the attribution's own ({attribution.baseline})" if single else "blur"
+    else:
+        card["deletion_baseline"] = deletion_baseline if isinstance(deletion_baseline, str) else "tensor"
     raw = np.asarray(attribution.raw, dtype=np.float64)
     ordering = raw.sum(axis=0) if raw.ndim == 3 else raw
     ours = _normalised_area(deletion_curve(forward, image, ordering, steps=steps,
