@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from conceptlens.explain.report.document import Facts, Figures, Gallery, Report, Table
+from conceptlens.explain.report.document import Facts, Figures, Gallery, Report, Table, Text
 
 __all__ = ["ImageExplanation", "audit_report", "explanation_report"]
 
@@ -210,6 +210,21 @@ def _faithfulness_facts(image_id: str, card: Mapping[str, Any]) -> Facts:
     return Facts(f"{image_id}: faithfulness card", facts=facts)
 
 
+def _audit_findings(audit: Any, names: Mapping[str, str]) -> str:
+    """One plain sentence per irrelevant concept: flagged (with its test) or not."""
+    spurious = getattr(audit, "spurious", None)
+    if not isinstance(spurious, pd.DataFrame) or spurious.empty or "concept" not in spurious:
+        return ""
+    lines = []
+    for row in spurious.to_dict(orient="records"):
+        name = names.get(str(row["concept"]), str(row["concept"]))
+        verdict = ("FLAGGED: the decisions rely on" if row.get("flagged")
+                   else "Not flagged: no evidence that the decisions rely on")
+        reason = row.get("reason") or ""
+        lines.append(f"{verdict} '{name}', which you declared irrelevant. {reason}".strip())
+    return "\n".join(lines)
+
+
 def _frame_fields(result: Any) -> list[tuple[str, pd.DataFrame]]:
     """The DataFrame fields of a result dataclass (an ``AuditResult``), in declaration order."""
     if not dataclasses.is_dataclass(result):
@@ -219,6 +234,7 @@ def _frame_fields(result: Any) -> list[tuple[str, pd.DataFrame]]:
 
 
 _AUDIT_TITLES = {
+    "reliance_tests": "Conditional reliance tests (likelihood ratio, one-vs-rest)",
     "reliance": "Reliance of the surrogate on each concept",
     "spurious": "Spurious-concept flags",
     "unused_expected": "Expected concepts the decisions do not use",
@@ -283,6 +299,10 @@ def audit_report(
     summary = getattr(audit, "summary", None)
     if isinstance(summary, Mapping):
         facts.update({str(k): v for k, v in summary.items()})
+    findings = _audit_findings(audit, names)
+    if findings:
+        report.add(Text("Findings", text=findings,
+                        caption="Each flag names the test that produced it; the tables below hold every number."))
     report.add(Facts("Data set and decisions", facts=facts))
 
     if annotation is not None:
