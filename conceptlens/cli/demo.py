@@ -34,7 +34,7 @@ def run_demo(
     n: int = 400,
     n_explain: int = 3,
     seed: int = 2026,
-    artifact_correlation: float = 0.7,
+    artifact_correlation: float = 0.9,
     method: str = "integrated_gradients",
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -52,7 +52,10 @@ def run_demo(
         n_explain: Test images in the explanation report.
         seed: Seed of the sample (the demo model never saw it).
         artifact_correlation: How strongly the ink marking follows the diagnosis in this
-            sample; the audited "shortcut" model learns to lean on it.
+            sample; the audited "shortcut" model learns to lean on it. At 0.7 the criteria
+            explain the diagnosis so well that the shortcut model barely uses the marking and
+            the audit (rightly) does not flag it on 200 images (q = 0.10 at seed 2026); at 0.9
+            it relies on it beyond the labels (q = 6e-5).
         method: Attribution method of the explanation report.
         progress: Show progress bars.
 
