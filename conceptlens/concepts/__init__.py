@@ -17,7 +17,7 @@ from conceptlens.concepts.audit_result import AuditResult
 from conceptlens.concepts.base import ConceptBottleneckBase
 from conceptlens.concepts.interventions import INTERVENTION_POLICIES, intervention_curve
 from conceptlens.concepts.persistence import load_bottleneck
-from conceptlens.concepts.results import Contributions, InterventionResult
+from conceptlens.concepts.results import Contributions, InterventionResult, UnknownClassError
 from conceptlens.concepts.sparse import SparseLinearBottleneck
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "Contributions",
     "InterventionResult",
     "SparseLinearBottleneck",
+    "UnknownClassError",
     "UnknownConceptError",
     "VocabularyMismatchError",
     "audit",

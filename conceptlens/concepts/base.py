@@ -27,7 +27,7 @@ from conceptlens.concepts._inputs import (
     resolve_concept,
     unwrap_scores,
 )
-from conceptlens.concepts.results import Contributions, InterventionResult
+from conceptlens.concepts.results import Contributions, InterventionResult, lookup_class
 from conceptlens.concepts.score_space import (
     check_input_transform,
     check_score_space,
@@ -225,18 +225,17 @@ class ConceptBottleneckBase(ClassifierMixin, BaseEstimator):
             sample_ids=sample_ids,
             reference=reference,
             concept_names=dict(self.concept_names_),
+            classes=[c.item() if hasattr(c, "item") else c for c in self.classes_],
         )
 
     def _output_weights(self, class_: Any) -> np.ndarray:
         """Standardised weights of one class's decision (binary negative class: negated)."""
         check_is_fitted(self)
-        labels = [c.item() if hasattr(c, "item") else c for c in self.classes_]
-        if class_ not in labels:
-            raise KeyError(f"unknown class {class_!r}; classes are {labels}")
+        i = lookup_class(class_, list(self.classes_))
         coef = self.coef_ * self.scale_[None, :]
         if self._binary:
-            return coef[0] if class_ == labels[1] else -coef[0]
-        return coef[labels.index(class_)]
+            return coef[0] if i == 1 else -coef[0]
+        return coef[i]
 
     def top_concepts(self, class_: Any, k: int = 5) -> pd.DataFrame:
         """The ``k`` concepts with the largest standardised weight magnitude for one class.

@@ -9,7 +9,42 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["Contributions", "InterventionResult"]
+from conceptlens.errors import ConceptlensError
+
+__all__ = ["Contributions", "InterventionResult", "UnknownClassError"]
+
+
+class UnknownClassError(ConceptlensError, KeyError):
+    """A class label that the fitted model does not know (the message lists the known ones)."""
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0]) if self.args else ""
+
+
+def _plain(label: Any) -> Any:
+    return label.item() if hasattr(label, "item") else label
+
+
+def lookup_class(class_: Any, known: list[Any]) -> int:
+    """Index of ``class_`` in ``known`` (exact label match, numpy scalars unwrapped).
+
+    Raises:
+        UnknownClassError: ``class_`` is not one of ``known``.
+    """
+    plain = [_plain(c) for c in known]
+    target = _plain(class_)
+    for i, c in enumerate(plain):
+        # exact type family: "1" is not 1, and True is not 1
+        if isinstance(c, str) != isinstance(target, str) or isinstance(c, bool) != isinstance(
+            target, bool
+        ):
+            continue
+        try:
+            if c == target:
+                return i
+        except (TypeError, ValueError):
+            continue
+    raise UnknownClassError(f"unknown class {class_!r}; the model's classes are {plain}")
 
 
 @dataclass
@@ -29,6 +64,8 @@ class Contributions:
         reference: ``"mean"`` (contribution ``coef * (x - training mean)``) or ``"zero"``
             (``coef * x``; then ``intercept`` equals the model's ``intercept_``).
         concept_names: Concept id -> preferred name.
+        classes: Every class label of the model (binary: both, the negative one first);
+            ``None`` means ``outputs``.
     """
 
     values: np.ndarray
@@ -38,6 +75,7 @@ class Contributions:
     sample_ids: list[Any]
     reference: str = "mean"
     concept_names: dict[str, str] | None = None
+    classes: list[Any] | None = None
 
     @property
     def decision(self) -> np.ndarray:
@@ -49,13 +87,24 @@ class Contributions:
 
         For a binary model, asking for the negative class returns the negated contributions
         of the positive output (the negative class's decision is minus the positive one).
+
+        Args:
+            class_: One of the model's class labels (exact match: ``"1"`` is not ``1``).
+
+        Returns:
+            DataFrame ``(n_samples, n_concepts)``, rows = sample ids, columns = concept ids.
+
+        Raises:
+            UnknownClassError: ``class_`` is not one of the model's classes (a ``KeyError``).
         """
-        if class_ in self.outputs:
-            block = self.values[:, self.outputs.index(class_), :]
-        elif len(self.outputs) == 1:
-            block = -self.values[:, 0, :]
-        else:
-            raise KeyError(f"unknown class {class_!r}; outputs are {self.outputs}")
+        classes = list(self.classes) if self.classes is not None else list(self.outputs)
+        lookup_class(class_, classes)  # raises with the known labels
+        try:
+            block = self.values[:, lookup_class(class_, self.outputs), :]
+        except UnknownClassError:
+            if len(self.outputs) != 1:
+                raise
+            block = -self.values[:, 0, :]  # the negative class of a binary model
         return pd.DataFrame(block, index=self.sample_ids, columns=self.concept_ids)
 
     def to_frame(self) -> pd.DataFrame:

@@ -129,3 +129,25 @@ def test_contribution_tables(binary_rule):
     assert len(long) == 5 * X.shape[1]
     np.testing.assert_allclose(long.groupby("sample", sort=False)["contribution"].sum().to_numpy()
                                + contrib.intercept[0], model.decision_function(X.iloc[:5]))
+
+
+def test_for_class_is_strict_about_labels(binary_rule, multiclass_rule):
+    from conceptlens.concepts import UnknownClassError
+    from conceptlens.errors import ConceptlensError
+
+    X, y = binary_rule
+    model = SparseLinearBottleneck(Cs=4, cv=None).fit(X, y)
+    contrib = model.contributions(X.iloc[:3])
+    for bad in ("glrop", 42, "1", 2, None):
+        with pytest.raises(UnknownClassError, match=r"classes are \[0, 1\]"):
+            contrib.for_class(bad)
+        with pytest.raises(KeyError):  # the builtin a caller would catch
+            model.top_concepts(bad)
+    assert issubclass(UnknownClassError, ConceptlensError)
+    np.testing.assert_allclose(contrib.for_class(np.int64(0)).to_numpy(),
+                               -contrib.for_class(1).to_numpy())
+    Xm, ym = multiclass_rule
+    contrib = SparseLinearBottleneck(Cs=4, cv=None).fit(Xm, ym).contributions(Xm.iloc[:3])
+    assert contrib.for_class("bcc").shape == (3, Xm.shape[1])
+    with pytest.raises(UnknownClassError, match="melanoma"):
+        contrib.for_class("melanom")
