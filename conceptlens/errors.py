@@ -17,6 +17,9 @@ __all__ = [
     "ConvergenceWarning",
     "InputQualityWarning",
     "ScoreSpaceMismatchError",
+    "UnknownClassError",
+    "UnknownConceptError",
+    "VocabularyMismatchError",
 ]
 
 
@@ -50,3 +53,27 @@ class InputQualityWarning(ConceptlensWarning):
 class ScoreSpaceMismatchError(ConceptlensError, ValueError):
     """A fitted bottleneck is combined with concept scores from another score space
     (other transform, calibration, mode or vocabulary) than the one it was fitted on."""
+
+
+class _MessageKeyError(KeyError):
+    """A ``KeyError`` whose ``str`` is its message (``KeyError`` would quote it)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class UnknownConceptError(ConceptlensError, _MessageKeyError, ValueError):
+    """A concept id or name that the vocabulary (or the model's columns) does not hold.
+
+    The one class for every concept lookup in the library; a ``KeyError`` (and a
+    ``ValueError``, for code that validates arguments).
+    """
+
+
+class UnknownClassError(ConceptlensError, _MessageKeyError):
+    """A class label that the bottleneck was not fitted on (the message lists the known ones)."""
+
+
+class VocabularyMismatchError(ConceptlensError, ValueError):
+    """Scores come from a different concept vocabulary than the one a model was fitted on."""
+

@@ -30,7 +30,7 @@ from captum.attr import (
 )
 from torch import nn
 
-from conceptlens.errors import BaselineWarning, ConvergenceWarning
+from conceptlens.errors import BaselineWarning, ConceptlensError, ConvergenceWarning
 from conceptlens.explain.baselines import BASELINES, BaselineChoice, choose_baseline
 from conceptlens.explain.completeness import adaptive_integrated_gradients, judge_completeness
 from conceptlens.explain.targets import (
@@ -79,7 +79,7 @@ _ALIASES = {
 }
 
 
-class UnsupportedMethodError(ValueError):
+class UnsupportedMethodError(ConceptlensError, ValueError):
     """The method is unknown, or the backbone / target cannot support it."""
 
 

@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from conceptlens.errors import ConceptlensError, UnknownClassError, UnknownConceptError
+
 __all__ = [
     "ClassTarget",
     "ConceptTarget",
@@ -38,22 +40,8 @@ __all__ = [
 TargetFunction = Callable[[torch.Tensor], torch.Tensor]
 
 
-class TargetError(ValueError):
+class TargetError(ConceptlensError, ValueError):
     """A target cannot be built with the given scorer / bottleneck."""
-
-
-class UnknownConceptError(KeyError):
-    """The concept is not in the scorer's vocabulary."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
-
-
-class UnknownClassError(KeyError):
-    """The class is not one the bottleneck was fitted on."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
 
 
 def _vocabulary_ids(scorer: Any) -> list[str]:
