@@ -117,3 +117,44 @@ def test_audit_report_for_2000_images_stays_small(tmp_path):
     assert json_path.stat().st_size < 10 * 2**20
     gallery = next(s for s in json.loads(json_path.read_text())["sections"] if s["kind"] == "gallery")
     assert 0 < len(gallery["items"]) <= 24
+
+
+def test_explanation_report_first_screen(explanation, tmp_path):
+    """At 1280 x 800 the summary with each image's prediction, reasons and verdict is visible
+    first; the settings sit collapsed at the end; no table is wider than the page."""
+    require_browser()
+    from tests.explain._layout import assert_findings_first, first_screen
+
+    html_path, json_path, _ = explanation
+    result = first_screen(html_path, tmp_path / "first.png")
+    assert_findings_first(result)
+    summary = json.loads(json_path.read_text())["sections"][0]
+    assert summary["kind"] == "summary" and len(summary["points"]) == 2
+    for point, (image_id, values) in zip(summary["points"], summary["values"].items(), strict=True):
+        assert point.startswith(f"{image_id}: {values['prediction']} (confidence ")
+        assert "Top reasons:" in point and f"Attribution {values['verdict']}" in point
+        assert f"{values['confidence']:.2f}" in point
+
+
+def test_audit_report_findings_first(demo_setup, tmp_path):
+    require_browser()
+    from tests.explain._layout import assert_findings_first, first_screen
+
+    _, _, images, scores, diagnosis, bottleneck, data = demo_setup
+    veil = "derm7pt:blue_whitish_veil"  # named with the XSS string: the headline must escape it
+    column = scores.table[veil].to_numpy()
+    decisions = np.where(column > np.median(column), "melanoma", "benign")  # decided by the veil
+    result = audit(scores, decisions, diagnosis, irrelevant_concepts=[veil])
+    report = audit_report(result, scores=scores, decisions=decisions, labels=diagnosis,
+                          weights=bottleneck.coef_frame(), images=images)
+    html_path, json_path = report.save(tmp_path, "audit")
+    layout = first_screen(html_path, tmp_path / "audit.png")
+    assert_findings_first(layout)
+    assert layout["headline"] == f"The decisions rely on '{XSS}', which you declared irrelevant."
+    summary = json.loads(json_path.read_text())["sections"][0]
+    assert summary["values"]["flagged"] == [veil]
+    fid = summary["values"]["fidelity"]
+    shown = f"{fid['value']:.2f} ({fid['ci_low']:.2f}-{fid['ci_high']:.2f})"
+    assert summary["numbers"]["surrogate fidelity (95% interval)"] == shown
+    assert any(shown in p for p in summary["points"])
+    assert any("beyond_labels" in p and "FLAGGED" in p for p in summary["points"])

@@ -10,13 +10,23 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
-from conceptlens.explain.report.document import Facts, Figures, Gallery, Report, Table, Text
+from conceptlens.explain.report.document import (
+    Facts,
+    Figures,
+    Gallery,
+    Report,
+    Summary,
+    Table,
+    interval,
+    rounded,
+)
 
 __all__ = ["ImageExplanation", "audit_report", "explanation_report"]
 
@@ -80,7 +90,56 @@ def _identity_facts(backbone: Mapping[str, Any] | None, vocabulary: Mapping[str,
     for key, value in (scoring or {}).items():
         facts[f"scoring {key}"] = value
     facts.update(extra or {})
-    return Facts("Model, vocabulary and settings", facts=facts)
+    return Facts("Model, vocabulary and settings", facts=facts, collapsed=True,
+                 caption="Provenance: what produced these numbers (for reproducing them).")
+
+
+def _image_finding(item: ImageExplanation, n_reasons: int = 3) -> tuple[str, dict[str, Any]]:
+    """One plain sentence about an image (prediction, top reasons, verdict, warnings) and the
+    exact values behind it."""
+    from conceptlens.explain.attribution import VERDICTS
+
+    values: dict[str, Any] = {}
+    signed = item.contributions is not None
+    ranked_source = item.contributions if signed else item.scores
+    ranked = ranked_source.reindex(ranked_source.abs().sort_values(ascending=False).index)
+    reasons = ranked.head(n_reasons)
+    if item.prediction is not None:
+        confidence = (item.probabilities or {}).get(item.prediction)
+        text = f"{item.image_id}: {item.prediction}"
+        if confidence is not None:
+            text += f" (confidence {rounded(confidence)})"
+            values["confidence"] = float(confidence)
+        values["prediction"] = item.prediction
+    else:
+        text = f"{item.image_id}: no classifier; highest concept scores"
+    if signed:
+        parts = [f"{item.name(c)} ({'+' if v >= 0 else '-'}{rounded(abs(v))})" for c, v in reasons.items()]
+        text += ". Top reasons: " + ", ".join(parts) + "."
+    else:
+        parts = [f"{item.name(c)} ({rounded(v)})" for c, v in reasons.items()]
+        text += ": " + ", ".join(parts) + "."
+    values["top_reasons"] = {item.name(c): float(v) for c, v in reasons.items()}
+    card = item.faithfulness or {}
+    verdict = card.get("verdict")
+    if verdict:
+        text += f" Attribution {verdict}: {VERDICTS.get(str(verdict), '')}"
+        gap = card.get("completeness_gap")
+        if gap is not None:
+            text += f" (completeness gap {rounded(100 * float(gap))}%"
+            ratio = card.get("deletion_ratio")
+            if ratio is not None:
+                text += f", deletion {rounded(ratio)}x random"
+            text += ")"
+        text += "."
+        values["verdict"] = verdict
+        values["completeness_gap"] = gap
+        values["deletion_ratio"] = card.get("deletion_ratio")
+    if item.warnings:
+        kinds = sorted({str(w.get("kind", "")) for w in item.warnings})
+        text += f" Input warning ({', '.join(kinds)}): read this explanation with care."
+        values["warnings"] = kinds
+    return text, values
 
 
 def explanation_report(
@@ -118,6 +177,30 @@ def explanation_report(
     if not explanations:
         raise ValueError("explanation_report needs at least one ImageExplanation")
     report = Report(title, kind="explanation", notice=notice)
+    points, values = [], {}
+    for item in explanations:
+        point, exact = _image_finding(item)
+        points.append(point)
+        values[item.image_id] = exact
+    first = explanations[0]
+    if len(explanations) == 1:
+        headline, points = points[0], []
+    else:
+        predicted = [e.prediction for e in explanations if e.prediction is not None]
+        counts = pd.Series(predicted).value_counts() if predicted else pd.Series(dtype=int)
+        headline = (f"{len(explanations)} images explained"
+                    + (": " + ", ".join(f"{n} {c}" for c, n in counts.items()) if len(counts) else "") + ".")
+    n_ok = sum(1 for e in explanations if (e.faithfulness or {}).get("verdict") == "converged")
+    n_cards = sum(1 for e in explanations if e.faithfulness is not None)
+    numbers = {"images": str(len(explanations))}
+    if n_cards:
+        numbers["attributions converged"] = f"{n_ok} of {n_cards}"
+    if first.prediction is not None and len(explanations) == 1 and first.probabilities:
+        numbers["confidence"] = rounded(first.probabilities.get(first.prediction))
+    report.add(Summary("Summary", headline=headline, points=points, numbers=numbers, values=values,
+                       caption="Reasons are signed contributions to the predicted class's decision "
+                               "value (weight x standardised concept score); the evidence per image "
+                               "follows, the settings are at the end."))
     for item in explanations:
         heading = item.image_id if item.prediction is None else f"{item.image_id}: {item.prediction}"
         summary: dict[str, Any] = {"image": item.image_id, "size (w x h)": f"{item.image.width} x {item.image.height}"}
@@ -225,6 +308,17 @@ def _audit_findings(audit: Any, names: Mapping[str, str]) -> str:
     return "\n".join(lines)
 
 
+_COLUMN_LABELS = {"p_value": "p", "q_value": "q (FDR)", "auc": "AUC", "roc_auc": "ROC-AUC",
+                  "ci_low": "95% CI low", "ci_high": "95% CI high", "n": "images", "df": "df"}
+
+
+def _human_column(name: Any) -> Any:
+    """A table column's label for readers: ``q_value`` -> ``q (FDR)``, ``n_error`` -> ``n error``."""
+    if not isinstance(name, str):
+        return name
+    return _COLUMN_LABELS.get(name, name.replace("_", " "))
+
+
 def _frame_fields(result: Any) -> list[tuple[str, pd.DataFrame]]:
     """The DataFrame fields of a result dataclass (an ``AuditResult``), in declaration order."""
     if not dataclasses.is_dataclass(result):
@@ -285,25 +379,30 @@ def audit_report(
     if len(decisions) != len(table):
         raise ValueError(f"decisions has {len(decisions)} entries but the score table has {len(table)} rows")
     report = Report(title, kind="audit", notice=notice)
+    summary = dict(getattr(audit, "summary", None) or {})
+    report.add(_audit_summary(audit, summary, names, decisions, labels))
     facts: dict[str, Any] = {"images": len(table), "concepts": table.shape[1]}
     classes, counts = np.unique(decisions.astype(str), return_counts=True)
     facts.update({f"decided '{c}'": int(n) for c, n in zip(classes, counts, strict=True)})
     if labels is not None:
         labels = np.asarray(labels)
-        facts["accuracy of decisions"] = float(np.mean(labels.astype(str) == decisions.astype(str)))
+        facts["accuracy of the decisions"] = rounded(np.mean(labels.astype(str) == decisions.astype(str)))
+    if summary.get("fidelity_ci"):
+        low, high = summary["fidelity_ci"]
+        facts["surrogate fidelity (held out, 95% interval)"] = interval(summary.get("fidelity"), low, high)
+    if summary.get("surrogate_concepts") is not None:
+        facts["concepts the surrogate uses"] = int(summary["surrogate_concepts"])
+    report.add(Facts("Data set and decisions", facts=facts))
+    settings: dict[str, Any] = {}
     backbone = getattr(scores, "backbone", None) or {}
     if backbone.get("model_id"):
-        facts["model"] = backbone["model_id"]
-    if getattr(scores, "vocabulary_hash", None):
-        facts["vocabulary hash"] = scores.vocabulary_hash
-    summary = getattr(audit, "summary", None)
-    if isinstance(summary, Mapping):
-        facts.update({str(k): v for k, v in summary.items()})
-    findings = _audit_findings(audit, names)
-    if findings:
-        report.add(Text("Findings", text=findings,
-                        caption="Each flag names the test that produced it; the tables below hold every number."))
-    report.add(Facts("Data set and decisions", facts=facts))
+        settings["model"] = backbone["model_id"]
+    vocabulary_hash = getattr(scores, "vocabulary_hash", None) or summary.get("vocabulary_hash")
+    if vocabulary_hash:
+        settings["vocabulary hash"] = vocabulary_hash
+    if summary.get("spurious_test"):
+        settings["test deciding the spurious flags"] = summary["spurious_test"]
+    settings["audit summary (as computed)"] = {k: v for k, v in summary.items() if v is not None}
 
     if annotation is not None:
         report.add(Table("Concept annotation quality", frame=annotation, index=True, max_rows=max_rows,
@@ -321,12 +420,67 @@ def audit_report(
                      caption="Mean concept score among the images given each decision."))
 
     for name, frame in _frame_fields(audit):
-        report.add(Table(_AUDIT_TITLES.get(name, name.replace("_", " ").capitalize()), frame=frame,
+        report.add(Table(_AUDIT_TITLES.get(name, name.replace("_", " ").capitalize()),
+                         frame=frame.rename(columns=_human_column),
                          index=not isinstance(frame.index, pd.RangeIndex), max_rows=max_rows))
 
     if images is not None and max_thumbnails > 0:
         report.add(_telling_examples(table, names, decisions, labels, images, max_thumbnails))
+    report.add(Facts("Settings and provenance", facts=settings, collapsed=True))
     return report
+
+
+def _audit_summary(audit: Any, summary: Mapping[str, Any], names: Mapping[str, str],
+                   decisions: np.ndarray, labels: Any) -> Summary:
+    """Findings first: flagged concepts with their test, surrogate fidelity, error concepts."""
+    findings = [line for line in _audit_findings(audit, names).split("\n") if line]
+    flagged = [names.get(c, c) for c in summary.get("flagged_spurious", [])]
+    if flagged:
+        headline = ("The decisions rely on " + ", ".join(f"'{n}'" for n in flagged)
+                    + ", which you declared irrelevant.")
+    elif findings:
+        headline = "No irrelevant concept is relied on by the decisions (see the tests below)."
+    else:
+        headline = "No concept was declared irrelevant; the evidence below shows what the decisions rely on."
+    points = list(findings)
+    numbers: dict[str, str] = {"images": str(len(decisions))}
+    values: dict[str, Any] = {"flagged": list(summary.get("flagged_spurious", []))}
+    if labels is not None:
+        accuracy = float(np.mean(np.asarray(labels).astype(str) == decisions.astype(str)))
+        numbers["accuracy of the decisions"] = rounded(accuracy)
+        values["accuracy"] = accuracy
+    if summary.get("fidelity") is not None and summary.get("fidelity_ci"):
+        low, high = summary["fidelity_ci"]
+        shown = interval(summary["fidelity"], low, high)
+        numbers["surrogate fidelity (95% interval)"] = shown
+        values["fidelity"] = {"value": summary["fidelity"], "ci_low": low, "ci_high": high}
+        points.append(f"A sparse concept surrogate reproduces the decisions on held-out images with "
+                      f"fidelity {shown}: the concept evidence below describes the decisions this well.")
+    enriched = _enriched_among_errors(getattr(audit, "errors", None))
+    if enriched:
+        points.append("Concepts enriched among errors: " + "; ".join(text for text, _ in enriched) + ".")
+        values["enriched_among_errors"] = [v for _, v in enriched]
+    elif labels is not None:
+        points.append("No concept is enriched among the errors (q < 0.05).")
+    return Summary("Summary", headline=headline, points=points, numbers=numbers, values=values,
+                   caption="Each flag names the test that produced it; the tables below hold every number.")
+
+
+def _enriched_among_errors(errors: Any, q: float = 0.05, k: int = 3) -> list[tuple[str, dict[str, Any]]]:
+    """The ``k`` most significant (q below ``q``) concepts enriched among errors, as text."""
+    if not isinstance(errors, pd.DataFrame) or errors.empty or "q_value" not in errors:
+        return []
+    rows = errors[errors["q_value"] < q].sort_values("q_value").head(k)
+    out = []
+    for row in rows.to_dict(orient="records"):
+        kind = str(row.get("error_type", "errors")).replace("_", " ") + "s"
+        direction = "higher" if float(row.get("mean_diff", 0)) > 0 else "lower"
+        name = str(row.get("name") or row.get("concept"))
+        out.append((f"{name} {direction} among {kind} of '{row.get('class')}' "
+                    f"({row.get('n_error')} cases, q = {rounded(row['q_value'])})",
+                    {"concept": row.get("concept"), "error_type": row.get("error_type"),
+                     "class": row.get("class"), "q_value": row["q_value"]}))
+    return out
 
 
 def _telling_examples(table: pd.DataFrame, names: Mapping[str, str], decisions: np.ndarray,
@@ -367,7 +521,8 @@ def _telling_examples(table: pd.DataFrame, names: Mapping[str, str], decisions: 
         row = table.loc[image_id]
         top = row.sort_values(ascending=False).head(3)
         details = {"why": why, **{names.get(c, c): round(float(v), 3) for c, v in top.items()}}
-        gallery.add(image, str(image_id), details=details, max_side=128)
+        # the file name only: ids can be local paths, which do not belong in a shared report
+        gallery.add(image, PurePath(str(image_id)).name or str(image_id), details=details, max_side=128)
     if skipped:
         gallery.caption += (f" {len(skipped)} thumbnail(s) could not be loaded and are left out: "
                             + "; ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""))

@@ -26,6 +26,9 @@ from conceptlens._jsonable import jsonable
 
 __all__ = [
     "Facts",
+    "Summary",
+    "interval",
+    "rounded",
     "Figures",
     "Gallery",
     "Report",
@@ -91,17 +94,86 @@ def _format_cell(value: Any, digits: int) -> str:
     return "" if value is None else str(value)
 
 
+def rounded(value: Any, digits: int = 2) -> str:
+    """A number as a reader wants it: ``digits`` significant digits, integers whole.
+
+    Examples:
+        >>> rounded(0.97777), rounded(3.2e-19), rounded(12), rounded(None)
+        ('0.98', '3.2e-19', '12', '–')
+    """
+    if value is None:
+        return "–"
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    f = float(value)
+    if math.isnan(f):
+        return "–"
+    if f == 0:
+        return "0"
+    if abs(f) < 1e-3 or abs(f) >= 1e6:
+        return f"{f:.{digits}g}".replace("e-0", "e-").replace("e+0", "e+")
+    magnitude = math.floor(math.log10(abs(f)))
+    decimals = max(0, digits - 1 - magnitude)
+    return f"{f:.{decimals}f}"
+
+
+def interval(value: Any, low: Any, high: Any, digits: int = 2) -> str:
+    """An estimate with its interval, ``"0.97 (0.89-0.99)"`` (decimals shared by all three).
+
+    Examples:
+        >>> interval(0.9777, 0.9225, 0.9938)
+        '0.98 (0.92-0.99)'
+    """
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if low is None or high is None:
+        return rounded(value, digits)
+    return f"{float(value):.{digits}f} ({float(low):.{digits}f}-{float(high):.{digits}f})"
+
+
 @dataclass
 class Section:
-    """Base of the report's building blocks: a heading and an optional caption."""
+    """Base of the report's building blocks: a heading and an optional caption.
+
+    ``collapsed`` sections (settings, provenance) render inside a closed ``<details>`` box.
+    """
 
     title: str
     caption: str = ""
     kind: str = field(default="text", init=False)
+    collapsed: bool = field(default=False, kw_only=True)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready content of the section: ``kind``, ``title``, ``caption``."""
         return {"kind": self.kind, "title": self.title, "caption": self.caption}
+
+
+@dataclass
+class Summary(Section):
+    """The findings-first block at the top of a report (rendered with ``id="summary"``).
+
+    Args:
+        headline: The main finding in one plain sentence.
+        points: Further findings, one plain sentence each.
+        numbers: Human label -> key number, shown as given (already rounded text) on the page;
+            ``values`` holds the unrounded numbers for the JSON twin.
+        values: Human label -> the exact value(s) behind ``numbers`` (JSON only).
+    """
+
+    headline: str = ""
+    points: list[str] = field(default_factory=list)
+    numbers: Mapping[str, str] = field(default_factory=dict)
+    values: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.kind = "summary"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready content: headline, points, the numbers as shown and their exact values."""
+        return {**super().to_dict(), "headline": self.headline, "points": list(self.points),
+                "numbers": dict(self.numbers), "values": jsonable(dict(self.values))}
 
 
 @dataclass
@@ -131,7 +203,12 @@ class Facts(Section):
         """``(key, formatted value)`` pairs as shown on the page (containers as JSON)."""
         out = []
         for key, value in self.facts.items():
-            text = json.dumps(jsonable(value)) if isinstance(value, (Mapping, list, tuple)) else _format_cell(value, 4)
+            if isinstance(value, (Mapping, list, tuple)):
+                text = json.dumps(jsonable(value))
+            elif isinstance(value, (float, np.floating)):
+                text = rounded(value, 3)
+            else:
+                text = _format_cell(value, 4)
             out.append((str(key), text))
         return out
 
@@ -256,6 +333,18 @@ class Report:
         self.sections.append(section)
         return self
 
+    @property
+    def summary(self) -> Summary | None:
+        """The findings-first summary section, if the report has one."""
+        return next((s for s in self.sections if isinstance(s, Summary)), None)
+
+    def ordered(self) -> list[Section]:
+        """Sections in reading order: the summary, the evidence, then collapsed settings."""
+        first = [s for s in self.sections if s.kind == "summary"]
+        middle = [s for s in self.sections if s.kind != "summary" and not s.collapsed]
+        last = [s for s in self.sections if s.kind != "summary" and s.collapsed]
+        return first + middle + last
+
     def to_dict(self) -> dict[str, Any]:
         """Every number and text the page shows, JSON-ready."""
         from conceptlens import __version__
@@ -266,7 +355,7 @@ class Report:
             "notice": self.notice,
             "conceptlens_version": __version__,
             "meta": jsonable(self.meta),
-            "sections": [s.to_dict() for s in self.sections],
+            "sections": [{**s.to_dict(), "collapsed": s.collapsed} for s in self.ordered()],
         }
 
     def to_html(self) -> str:
