@@ -18,13 +18,14 @@ from conceptlens.concepts.base import ConceptBottleneckBase
 from conceptlens.concepts.interventions import INTERVENTION_POLICIES, intervention_curve
 from conceptlens.concepts.persistence import load_bottleneck
 from conceptlens.concepts.results import Contributions, InterventionResult, UnknownClassError
-from conceptlens.concepts.sparse import SparseLinearBottleneck
+from conceptlens.concepts.sparse import EmptyModelWarning, SparseLinearBottleneck
 
 __all__ = [
     "INTERVENTION_POLICIES",
     "AssociationBottleneck",
     "AuditResult",
     "ConceptBottleneckBase",
+    "EmptyModelWarning",
     "Contributions",
     "InterventionResult",
     "SparseLinearBottleneck",

@@ -15,10 +15,17 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.utils.class_weight import compute_sample_weight
 
 from conceptlens.concepts.base import ConceptBottleneckBase
+from conceptlens.errors import ConceptlensWarning
 
-__all__ = ["SparseLinearBottleneck"]
+__all__ = ["EmptyModelWarning", "SparseLinearBottleneck"]
 
 _PATH_SPAN = 1e3  # the automatic grid spans this factor above the smallest useful C
+_MAX_BISECTIONS = 40  # refinements of C looking for exactly max_concepts concepts
+
+
+class EmptyModelWarning(ConceptlensWarning):
+    """The selected bottleneck uses no concept at all (intercept only: it predicts the same
+    class for every image), although a model with concepts was available."""
 
 
 class SparseLinearBottleneck(ConceptBottleneckBase):
@@ -142,28 +149,81 @@ class SparseLinearBottleneck(ConceptBottleneckBase):
         c_min *= 0.99
         return np.geomspace(c_min, c_min * _PATH_SPAN, int(self.Cs))
 
+    def _solver(self, C: float) -> LogisticRegression:
+        return LogisticRegression(
+            C=float(C), l1_ratio=float(self.l1_ratio), solver="saga", warm_start=True,
+            class_weight=self._class_weight_encoded(), max_iter=self.max_iter, tol=self.tol,
+            random_state=self.random_state,
+        )
+
+    @staticmethod
+    def _fit_at(lr: LogisticRegression, Z: np.ndarray, y: np.ndarray, C: float) -> int:
+        """Fit ``lr`` at ``C`` (warm-started from whatever ``lr`` holds); unconverged count."""
+        lr.set_params(C=float(C))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            lr.fit(Z, y)
+        return sum(issubclass(w.category, ConvergenceWarning) for w in caught)
+
     def _fit_path(
         self, Z: np.ndarray, y: np.ndarray, Cs: np.ndarray, stop_above: int | None = None
     ) -> tuple:
-        cw = self._class_weight_encoded()
-        lr = LogisticRegression(
-            C=float(Cs[0]), l1_ratio=float(self.l1_ratio), solver="saga", warm_start=True,
-            class_weight=cw, max_iter=self.max_iter, tol=self.tol, random_state=self.random_state,
-        )
+        lr = self._solver(Cs[0])
         coefs, intercepts, n_iters = [], [], []
         n_unconverged = 0
         for c in Cs:
-            lr.set_params(C=float(c))
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", ConvergenceWarning)
-                lr.fit(Z, y)
-            n_unconverged += sum(issubclass(w.category, ConvergenceWarning) for w in caught)
+            n_unconverged += self._fit_at(lr, Z, y, c)
             coefs.append(lr.coef_.copy())
             intercepts.append(lr.intercept_.copy())
             n_iters.append(int(np.max(lr.n_iter_)))
             if stop_above is not None and (lr.coef_ != 0).sum(axis=1).max() > stop_above:
                 break
         return np.stack(coefs), np.stack(intercepts), n_iters, n_unconverged
+
+    def _refine_to_k(
+        self, Z: np.ndarray, y: np.ndarray, Cs: np.ndarray, coefs: np.ndarray,
+        ints: np.ndarray, n_iters: list[int],
+    ) -> tuple:
+        """Bisect (in log C) between the last model with fewer than ``max_concepts`` concepts
+        and the first with more, until a model with exactly ``max_concepts`` is found; add it
+        to the path. Returns the (possibly extended) path and the unconverged-fit count."""
+        k = self.max_concepts
+        n = (coefs != 0).sum(axis=2).max(axis=1)
+        if k is None or k == 0 or n[-1] <= k:
+            return Cs, coefs, ints, n_iters, 0
+        # the gap where the path first exceeds k (the path stopped there)
+        hi_i = int(np.flatnonzero(n > k)[0])
+        if hi_i == 0 or n[hi_i - 1] == k:
+            return Cs, coefs, ints, n_iters, 0
+        lo_i = hi_i - 1
+        lo, hi = float(Cs[lo_i]), float(Cs[hi_i])
+        lo_state = (coefs[lo_i].copy(), ints[lo_i].copy())
+        lr = self._solver(lo)
+        bad = 0
+        found = None
+        for _ in range(_MAX_BISECTIONS):
+            if hi / lo < 1.0 + 1e-9:
+                break
+            mid = float(np.sqrt(lo * hi))
+            lr.coef_, lr.intercept_ = lo_state[0].copy(), lo_state[1].copy()
+            bad += self._fit_at(lr, Z, y, mid)
+            m = int((lr.coef_ != 0).sum(axis=1).max())
+            if m == k:
+                found = (mid, lr.coef_.copy(), lr.intercept_.copy(), int(np.max(lr.n_iter_)))
+                break
+            if m < k:
+                lo, lo_state = mid, (lr.coef_.copy(), lr.intercept_.copy())
+            else:
+                hi = mid
+        if found is None:
+            return Cs, coefs, ints, n_iters, bad
+        c, coef, intercept, it = found
+        at = lo_i + 1  # between the two bracketing grid points
+        Cs = np.insert(Cs, at, c)
+        coefs = np.insert(coefs, at, coef, axis=0)
+        ints = np.insert(ints, at, intercept, axis=0)
+        n_iters = n_iters[:at] + [it] + n_iters[at:]
+        return Cs, coefs, ints, n_iters, bad
 
     def _class_weight_encoded(self) -> Any:
         if self.class_weight is None or isinstance(self.class_weight, str):
@@ -239,6 +299,8 @@ class SparseLinearBottleneck(ConceptBottleneckBase):
         Cs = self._grid(Z, y_enc, weights)
         coefs, ints, n_iters, n_bad = self._fit_path(Z, y_enc, Cs, stop_above=self.max_concepts)
         Cs = Cs[: len(coefs)]  # the path stops once a model exceeds max_concepts
+        Cs, coefs, ints, n_iters, n_bad_k = self._refine_to_k(Z, y_enc, Cs, coefs, ints, n_iters)
+        n_bad += n_bad_k
         cv_scores, n_bad_cv = (np.empty((len(Cs), 0)), 0)
         if self.cv is not None and self.cv > 1:
             cv_scores, n_bad_cv = self._cv_scores(X_arr, y_enc, Cs)
@@ -272,12 +334,40 @@ class SparseLinearBottleneck(ConceptBottleneckBase):
             )
         candidates = np.flatnonzero(admissible)
         if cv_scores.shape[1] == 0 or np.all(np.isnan(cv_scores)):
-            return int(candidates[-1])
-        mean = np.nanmean(cv_scores, axis=1)
-        sign = 1.0 if self.scoring == "log_loss" else -1.0  # minimise sign * score
-        key = sign * mean[candidates]
-        best = np.flatnonzero(key <= np.nanmin(key) + 1e-12)
-        return int(candidates[best[0]])  # smallest C among ties = sparsest
+            pick = int(candidates[-1])
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                mean = np.nanmean(cv_scores, axis=1)
+                n_ok = np.sum(~np.isnan(cv_scores), axis=1)
+                se = np.nanstd(cv_scores, axis=1, ddof=1) / np.sqrt(np.maximum(n_ok, 1))
+            se = np.nan_to_num(se)
+            sign = 1.0 if self.scoring == "log_loss" else -1.0  # minimise sign * score
+            key = sign * mean[candidates]
+            best = int(np.flatnonzero(key <= np.nanmin(key) + 1e-12)[0])  # ties: sparsest
+            within = candidates[key <= key[best] + se[candidates[best]] + 1e-12]
+            if self.max_concepts is not None:
+                # the budget was stated: the richest model within one SE of the best
+                pick = int(within[np.argmax(n_concepts[within])])
+            else:
+                pick = int(candidates[best])
+                nonempty = within[n_concepts[within] > 0]
+                if n_concepts[pick] == 0 and len(nonempty):
+                    # never the intercept-only model while a model with concepts ties with it
+                    order = np.argsort(sign * mean[nonempty], kind="stable")
+                    pick = int(nonempty[order[0]])
+        if n_concepts[pick] == 0 and self.max_concepts != 0:
+            has_concepts = bool(np.any(n_concepts[candidates] > 0))
+            warnings.warn(
+                "the selected bottleneck uses no concept (intercept only: the same prediction "
+                "for every image): "
+                + ("models with concepts were worse than it by more than one standard error "
+                   "in cross-validation" if has_concepts else
+                   "no admissible model on the path has a non-zero weight")
+                + "; see path_, pass cv=None or larger Cs",
+                EmptyModelWarning, stacklevel=3,
+            )
+        return pick
 
     def _restore_after_load(self) -> None:
         beta = self.coef_path_[self.best_index_]

@@ -7,6 +7,7 @@ from conceptlens.concepts import AssociationBottleneck, SparseLinearBottleneck
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.filterwarnings("ignore::conceptlens.concepts.EmptyModelWarning")
 @parametrize_with_checks(
     [
         SparseLinearBottleneck(Cs=5, cv=2, max_iter=200),
