@@ -1,22 +1,26 @@
 """Self-contained HTML reports (with a JSON twin) for explanations and audits."""
 
 from conceptlens.explain.report.builders import ImageExplanation, audit_report, explanation_report
+from conceptlens.explain.report.dataset import dataset_report
 from conceptlens.explain.report.document import (
     Facts,
     Figures,
     Gallery,
     Report,
     Section,
+    Summary,
     Table,
     Text,
     figure_to_data_uri,
     image_to_data_uri,
 )
-from conceptlens.explain.report.workflows import explain_images, model_notice
+from conceptlens.explain.report.workflows import explain_images, explain_items, model_notice
 
 __all__ = [
     "ImageExplanation",
     "audit_report",
+    "dataset_report",
+    "explain_items",
     "explain_images",
     "explanation_report",
     "model_notice",
@@ -25,6 +29,7 @@ __all__ = [
     "Gallery",
     "Report",
     "Section",
+    "Summary",
     "Table",
     "Text",
     "figure_to_data_uri",

@@ -303,7 +303,8 @@ def _audit_findings(audit: Any, names: Mapping[str, str]) -> str:
         name = names.get(str(row["concept"]), str(row["concept"]))
         verdict = ("FLAGGED: the decisions rely on" if row.get("flagged")
                    else "Not flagged: no evidence that the decisions rely on")
-        reason = row.get("reason") or ""
+        reason = str(row.get("reason") or "")
+        reason = reason[:1].upper() + reason[1:]
         lines.append(f"{verdict} '{name}', which you declared irrelevant. {reason}".strip())
     return "\n".join(lines)
 

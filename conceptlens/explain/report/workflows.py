@@ -11,7 +11,7 @@ import pandas as pd
 from conceptlens.explain.report.builders import ImageExplanation, explanation_report
 from conceptlens.explain.report.document import Report
 
-__all__ = ["explain_images", "model_notice"]
+__all__ = ["explain_images", "explain_items", "model_notice"]
 
 
 def model_notice(backbone: Any) -> str | None:
@@ -45,42 +45,22 @@ def _warnings_of(scores: Any, image_id: Any) -> list[dict[str, Any]]:
     return rows[["kind", "message"]].to_dict(orient="records")
 
 
-def explain_images(
+def explain_items(
     scorer: Any,
     images: Any,
     *,
     bottleneck: Any = None,
-    method: str = "integrated_gradients",
+    method: str | None = "integrated_gradients",
     top_k: int = 4,
     n_steps: int | str = "auto",
     internal_batch_size: int | None = 8,
     max_images: int | None = 20,
-    notice: str | None = None,
-    title: str = "Concept explanation report",
-) -> tuple[Report, pd.DataFrame]:
-    """Explain images end to end and return the report plus the images that failed.
-
-    For each image: input warnings, concept scores; with a ``bottleneck``, the predicted class, its
-    probabilities and each concept's signed contribution; the concept maps of the ``top_k``
-    concepts (one forward pass); and a gradient attribution of the predicted class (or,
-    without a bottleneck, of the top concept) with ``method``, with its faithfulness card
-    (:func:`conceptlens.explain.faithfulness_card`).
-
-    Args:
-        scorer: A :class:`~conceptlens.vocab.ConceptScorer`.
-        images: Anything :meth:`ConceptScorer.score` accepts.
-        bottleneck: A fitted concept bottleneck (optional).
-        method: Attribution method for :func:`conceptlens.explain.attribute`; ``None`` skips it.
-        top_k: Concepts shown per image.
-        n_steps: Integration steps of path methods (``"auto"``: until converged, see
-            :func:`conceptlens.explain.attribute`).
-        internal_batch_size: Bound on inputs per forward/backward pass during attribution.
-        max_images: At most this many images are explained (the first ones scored).
-        notice: Warning shown on top of the report.
-        title: Page title.
+) -> tuple[list[ImageExplanation], Any]:
+    """Compute the per-image explanations that :func:`explain_images` renders.
 
     Returns:
-        ``(report, errors)``: the :class:`Report` and a DataFrame of skipped images with reasons.
+        ``(explanations, scores)``: one :class:`ImageExplanation` per explained image and the
+        ``ConceptScores`` of every image (its ``errors`` name the images that failed).
     """
     from conceptlens.explain import attribute
     from conceptlens.explain.faithfulness import faithfulness_card
@@ -141,6 +121,49 @@ def explain_images(
             item.faithfulness = faithfulness_card(attribution)
         explanations.append(item)
 
+    return explanations, scores
+
+
+def explain_images(
+    scorer: Any,
+    images: Any,
+    *,
+    bottleneck: Any = None,
+    method: str = "integrated_gradients",
+    top_k: int = 4,
+    n_steps: int | str = "auto",
+    internal_batch_size: int | None = 8,
+    max_images: int | None = 20,
+    notice: str | None = None,
+    title: str = "Concept explanation report",
+) -> tuple[Report, pd.DataFrame]:
+    """Explain images end to end and return the report plus the images that failed.
+
+    For each image: input warnings, concept scores; with a ``bottleneck``, the predicted class, its
+    probabilities and each concept's signed contribution; the concept maps of the ``top_k``
+    concepts (one forward pass); and a gradient attribution of the predicted class (or,
+    without a bottleneck, of the top concept) with ``method``, with its faithfulness card
+    (:func:`conceptlens.explain.faithfulness_card`).
+
+    Args:
+        scorer: A :class:`~conceptlens.vocab.ConceptScorer`.
+        images: Anything :meth:`ConceptScorer.score` accepts.
+        bottleneck: A fitted concept bottleneck (optional).
+        method: Attribution method for :func:`conceptlens.explain.attribute`; ``None`` skips it.
+        top_k: Concepts shown per image.
+        n_steps: Integration steps of path methods (``"auto"``: until converged, see
+            :func:`conceptlens.explain.attribute`).
+        internal_batch_size: Bound on inputs per forward/backward pass during attribution.
+        max_images: At most this many images are explained (the first ones scored).
+        notice: Warning shown on top of the report.
+        title: Page title.
+
+    Returns:
+        ``(report, errors)``: the :class:`Report` and a DataFrame of skipped images with reasons.
+    """
+    explanations, scores = explain_items(scorer, images, bottleneck=bottleneck, method=method, top_k=top_k,
+                                         n_steps=n_steps, internal_batch_size=internal_batch_size,
+                                         max_images=max_images)
     backbone = scorer.backbone.identity.to_dict()
     vocabulary = {"name": getattr(scorer.vocabulary, "name", ""), "hash": scorer.vocabulary.hash,
                   "concepts": len(scorer.vocabulary)}
