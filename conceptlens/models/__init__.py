@@ -1,4 +1,4 @@
-"""Backbones: one interface over ConceptCLIP, CLIP, SigLIP and the demo model."""
+"""Backbones: one interface over ConceptCLIP, CLIP, SigLIP, open_clip models and the demo model."""
 
 from conceptlens.models.base import Backbone, BackboneIdentity, ImageFeatures, TextFeatures
 from conceptlens.models.clip import CLIPBackbone
@@ -7,12 +7,14 @@ from conceptlens.models.errors import (
     BackboneError,
     BackboneLoadError,
     BackboneNotFoundError,
+    MissingExtraError,
     RemoteCodeRequiredError,
     UnknownBackboneError,
     UnsupportedBackboneError,
 )
 from conceptlens.models.factory import list_backbones, load_backbone
 from conceptlens.models.images import LoadedImage, load_image
+from conceptlens.models.open_clip import OpenCLIPBackbone
 from conceptlens.models.reference import (
     ConceptCLIPConfig,
     ConceptCLIPModel,
@@ -34,6 +36,8 @@ __all__ = [
     "ConceptCLIPProcessor",
     "ImageFeatures",
     "LoadedImage",
+    "MissingExtraError",
+    "OpenCLIPBackbone",
     "RemoteCodeRequiredError",
     "SiglipBackbone",
     "TextFeatures",

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from conceptlens.errors import ConceptlensError
+
 __all__ = [
     "BackboneError",
     "BackboneLoadError",
     "BackboneNotFoundError",
+    "MissingExtraError",
     "RemoteCodeRequiredError",
     "UnknownBackboneError",
     "UnsupportedBackboneError",
 ]
 
 
-class BackboneError(Exception):
+class BackboneError(ConceptlensError):
     """Base class of every backbone error in :mod:`conceptlens.models`."""
 
 
@@ -38,3 +41,8 @@ class UnknownBackboneError(BackboneError, ValueError):
 
 class UnsupportedBackboneError(BackboneError, ValueError):
     """A model family or layout the adapters cannot handle (the message says what was found)."""
+
+
+class MissingExtraError(BackboneError, ImportError):
+    """An optional dependency group is not installed; the message names the ``pip install``
+    (e.g. ``pip install "conceptlens[open_clip]"``)."""

@@ -54,7 +54,7 @@ __all__ = [
     "resolve_dtype",
 ]
 
-FAMILIES = ("conceptclip", "clip", "siglip")
+FAMILIES = ("conceptclip", "clip", "siglip", "open_clip")
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,8 @@ class BackboneSpec:
     Attributes:
         name: The short name.
         source: Hub id, or ``"package:demo"`` for the weights shipped in the package.
-        family: Adapter family: ``"conceptclip"``, ``"clip"`` or ``"siglip"``.
+        family: Adapter family: ``"conceptclip"``, ``"clip"``, ``"siglip"`` or ``"open_clip"``
+            (source ``"hf-hub:<repo>"``; needs the ``open_clip`` extra).
         remote_code: Whether loading runs Python code from the model repository.
         description: One line for humans.
     """
@@ -114,6 +115,20 @@ BACKBONES: dict[str, BackboneSpec] = {
             "SigLIP ViT-B/16 @224",
         ),
         BackboneSpec(
+            "biomedclip",
+            "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",
+            "open_clip",
+            False,
+            "BiomedCLIP ViT-B/16 + PubMedBERT (open_clip checkpoint; needs the open_clip extra)",
+        ),
+        BackboneSpec(
+            "quiltnet-b32",
+            "hf-hub:wisdomik/QuiltNet-B-32",
+            "open_clip",
+            False,
+            "QuiltNet ViT-B/32, histopathology CLIP (open_clip checkpoint; open_clip extra)",
+        ),
+        BackboneSpec(
             "siglip-so400m",
             "google/siglip-so400m-patch14-384",
             "siglip",
@@ -126,13 +141,26 @@ BACKBONES: dict[str, BackboneSpec] = {
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-def list_backbones() -> list[str]:
-    """Short names accepted by :func:`load_backbone`, sorted; details in :data:`BACKBONES`.
+def list_backbones(*, open_clip: bool = True) -> list[str]:
+    """Names accepted by :func:`load_backbone`, sorted; details of short names in
+    :data:`BACKBONES`.
+
+    Args:
+        open_clip: Also list ``"open_clip:<config>"`` for every config bundled with the
+            installed open_clip (none when the ``open_clip`` extra is not installed).
+            ``"hf-hub:<org>/<repo>"`` names (open_clip checkpoints on the hub) are accepted
+            too but cannot be listed offline.
 
     Returns:
-        e.g. ``["clip-vit-b16", ..., "conceptclip", "demo", "siglip-base", ...]``.
+        e.g. ``["biomedclip", "clip-vit-b16", ..., "conceptclip", "demo", ...,
+        "open_clip:ViT-B-32", ...]``.
     """
-    return sorted(BACKBONES)
+    names = sorted(BACKBONES)
+    if open_clip:
+        from conceptlens.models.open_clip import list_open_clip_models
+
+        names += sorted(list_open_clip_models())
+    return names
 
 
 
@@ -148,10 +176,11 @@ def load_backbone(
     name_or_path: str | os.PathLike[str],
     *,
     device: str | torch.device | None = None,
-    dtype: str | torch.dtype | None = None,
+    dtype: str | torch.dtype | None = "auto",
     revision: str | None = None,
     trust_remote_code: bool = False,
     token: str | bool | None = None,
+    pretrained: str | None = None,
 ) -> Backbone:
     """Load a backbone by short name, Hugging Face hub id or local folder.
 
@@ -163,11 +192,20 @@ def load_backbone(
             go to the Hugging Face adapters, a ConceptCLIP-like ``auto_map`` to
             :class:`~conceptlens.models.conceptclip.ConceptCLIPBackbone`.
         device: ``None`` picks CUDA, then MPS, then the CPU (see :func:`resolve_device`).
-        dtype: ``None`` (float32), ``"bfloat16"``, ``"float16"`` (not on the CPU), ...
+        dtype: ``"auto"`` (default): bfloat16 where the device runs it natively (CUDA with
+            bf16 support; a CPU with ``avx512_bf16`` / ``amx_bf16``, arm64 ``bf16``), float32
+            otherwise (see :func:`~conceptlens.models.runtime.auto_dtype`). The demo model
+            stays float32 under ``"auto"``: it is small enough that bfloat16 saves nothing,
+            and its shipped reference set and every number in the docs were made in float32;
+            ask for ``dtype="bfloat16"`` to get it. ``None`` or ``"float32"``, ``"bfloat16"``,
+            ``"float16"`` (not on the CPU) force a dtype. The resolved dtype is part of
+            :attr:`Backbone.identity` (bfloat16 scores differ by about 1e-3).
         revision: Hub branch, tag or commit; pin a commit you reviewed when using remote code.
         trust_remote_code: Allow running the model repository's own Python code. Needed for
             ConceptCLIP (its architecture is not part of ``transformers``); never implied.
         token: Hugging Face token for gated or private repositories (ConceptCLIP is gated).
+        pretrained: For ``"open_clip:<name>"`` only: open_clip's pretrained tag (e.g.
+            ``"openai"``) or ``None`` for random weights from the bundled config.
 
     Returns:
         A :class:`~conceptlens.models.base.Backbone` in eval mode, parameters frozen.
@@ -185,12 +223,28 @@ def load_backbone(
         >>> feats = backbone.encode_images(backbone.preprocess(["lesion.png"]))  # doctest: +SKIP
     """
     torch_device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, torch_device)
-    options = dict(device=torch_device, dtype=torch_dtype, revision=revision, token=token)
     name = os.fspath(name_or_path)
     if not isinstance(name, str):
         raise TypeError(f"name_or_path must be a string or path, got {type(name).__name__}")
+    if name == "demo" and isinstance(dtype, str) and dtype.strip().lower() == "auto":
+        dtype = "float32"
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    options = dict(device=torch_device, dtype=torch_dtype, revision=revision, token=token)
 
+    if name.startswith(("open_clip:", "hf-hub:")) or (
+        name in BACKBONES and BACKBONES[name].family == "open_clip"
+    ):
+        source = BACKBONES[name].source if name in BACKBONES else name
+        from conceptlens.models.open_clip import OpenCLIPBackbone
+
+        return OpenCLIPBackbone.create(
+            source, pretrained=pretrained, device=torch_device, dtype=torch_dtype
+        )
+    if pretrained is not None:
+        raise ValueError(
+            "pretrained= applies to open_clip models only ('open_clip:<name>'); "
+            f"{name!r} is not one"
+        )
     if name in BACKBONES:
         spec = BACKBONES[name]
         if spec.source == "package:demo":
@@ -264,7 +318,7 @@ def hub_error(name: str, exc: BaseException, *, revision: str | None = None) -> 
         reason = (
             f"{name!r} was not found on the Hugging Face hub: check the spelling, pass "
             f"token='hf_...' if it is private or gated, {local_hint}. "
-            f"Known short names: {', '.join(list_backbones())}"
+            f"Known short names: {', '.join(sorted(BACKBONES))}"
         )
     elif any(
         isinstance(e, (hf_errors.OfflineModeIsEnabled, hf_errors.LocalEntryNotFoundError,
@@ -374,12 +428,13 @@ def _looks_like_path(name: str) -> bool:
 
 
 def _unknown_name_message(name: str) -> str:
-    names = list_backbones()
+    names = sorted(BACKBONES)
     close = difflib.get_close_matches(name, names, n=2)
     hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     return (
         f"unknown backbone {name!r}.{hint} Valid short names: {', '.join(names)}; "
-        "or pass a hub id ('owner/name') or a local folder."
+        "or pass a hub id ('owner/name'), a local folder, 'open_clip:<config>' or "
+        "'hf-hub:<org>/<repo>' (open_clip models)."
     )
 
 

@@ -181,7 +181,7 @@ def test_foreign_code_folder_needs_trust_remote_code_then_loads(tiny, tmp_path):
         handle.write("\n# edited: no longer the package's own code\n")
     with pytest.raises(RemoteCodeRequiredError, match="trust_remote_code=True"):
         load_backbone(tmp_path)
-    loaded = load_backbone(tmp_path, trust_remote_code=True)
+    loaded = load_backbone(tmp_path, trust_remote_code=True, dtype="float32")
     assert not type(loaded.model).__module__.startswith("conceptlens")
     assert loaded.identity.weights_hash == hash_weight_files(tmp_path)
     assert loaded.identity.model_id == str(tmp_path.resolve())

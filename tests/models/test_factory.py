@@ -181,3 +181,14 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+def test_open_clip_without_the_extra_names_the_pip_install(monkeypatch):
+    from conceptlens.errors import ConceptlensError
+    from conceptlens.models.errors import MissingExtraError
+
+    monkeypatch.setitem(sys.modules, "open_clip", None)  # import open_clip -> ImportError
+    with pytest.raises(MissingExtraError, match=r'pip install "conceptlens\[open_clip\]"') as info:
+        load_backbone("open_clip:ViT-B-32", pretrained=None, device="cpu")
+    assert isinstance(info.value, ImportError) and isinstance(info.value, ConceptlensError)
+    assert "open_clip:ViT-B-32" not in factory.list_backbones()
