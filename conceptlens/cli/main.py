@@ -81,8 +81,9 @@ def _common(parser: argparse.ArgumentParser, *, model: bool = True, out_help: st
                            help="built-in vocabulary name or vocabulary file (default: the demo vocabulary "
                                 "for the demo model)")
         group.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
-        group.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                           help="compute dtype (default: float32)")
+        group.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                           help="compute dtype (default: auto = bfloat16 where the hardware runs it "
+                                "natively, else float32; the demo model stays float32)")
         group.add_argument("--batch-size", type=_positive_int, default=32,
                            help="images per forward pass (default: 32)")
         group.add_argument("--cache-dir", default=None, help="folder for the image-feature cache (default: none)")
