@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from conceptlens.errors import UnknownConceptError, VocabularyMismatchError
 from conceptlens.vocab.scores import ConceptScores
 
 __all__ = [
@@ -19,17 +20,6 @@ __all__ = [
     "resolve_concept",
     "unwrap_scores",
 ]
-
-
-class UnknownConceptError(KeyError, ValueError):
-    """A concept id or name that the fitted model (or score table) does not know."""
-
-    def __str__(self) -> str:  # KeyError would quote the whole message
-        return str(self.args[0]) if self.args else ""
-
-
-class VocabularyMismatchError(ValueError):
-    """Scores come from a different concept vocabulary than the one a model was fitted on."""
 
 
 @dataclass
