@@ -3,6 +3,8 @@
 * :class:`SparseLinearBottleneck`: sparse (L1 / elastic-net) logistic regression over concept
   scores, fitted along a warm-started regularisation path, "at most k concepts per class";
 * :class:`AssociationBottleneck`: LaBo-style class x concept association matrix;
+* :class:`HybridBottleneck`: PCBM-h, a bottleneck plus a residual on the image embedding,
+  with each decision's residual share;
 * explanations on both: ``contributions``, ``top_concepts``, ``global_importance``,
   ``intervene`` and :func:`intervention_curve`;
 * :func:`audit`: explain and check any decision-maker's decisions through concepts;
@@ -15,6 +17,7 @@ from conceptlens.concepts.association import AssociationBottleneck
 from conceptlens.concepts.audit import audit
 from conceptlens.concepts.audit_result import AuditResult
 from conceptlens.concepts.base import ConceptBottleneckBase
+from conceptlens.concepts.hybrid import EmbeddingsError, HybridBottleneck, HybridDecomposition
 from conceptlens.concepts.interventions import INTERVENTION_POLICIES, intervention_curve
 from conceptlens.concepts.persistence import load_bottleneck
 from conceptlens.concepts.results import Contributions, InterventionResult, UnknownClassError
@@ -25,7 +28,10 @@ __all__ = [
     "AssociationBottleneck",
     "AuditResult",
     "ConceptBottleneckBase",
+    "EmbeddingsError",
     "EmptyModelWarning",
+    "HybridBottleneck",
+    "HybridDecomposition",
     "Contributions",
     "InterventionResult",
     "SparseLinearBottleneck",

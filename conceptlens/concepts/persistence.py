@@ -37,9 +37,17 @@ class BottleneckFileError(ConceptlensError, ValueError):
 
 def _registry() -> dict[str, type]:
     from conceptlens.concepts.association import AssociationBottleneck
+    from conceptlens.concepts.hybrid import HybridBottleneck
     from conceptlens.concepts.sparse import SparseLinearBottleneck
 
-    return {c.__name__: c for c in (SparseLinearBottleneck, AssociationBottleneck)}
+    classes = (SparseLinearBottleneck, AssociationBottleneck, HybridBottleneck)
+    try:
+        from conceptlens.concepts.multilabel import MultiLabelBottleneck
+
+        classes += (MultiLabelBottleneck,)
+    except ImportError:  # pragma: no cover - while the module is not there
+        pass
+    return {c.__name__: c for c in classes}
 
 
 def to_json_value(value: Any, *, what: str) -> Any:
@@ -65,6 +73,10 @@ def to_json_value(value: Any, *, what: str) -> Any:
     if isinstance(value, dict):
         return {"__pairs__": [[to_json_value(k, what=what), to_json_value(v, what=what)]
                               for k, v in value.items()]}
+    if type(value).__name__ in _registry() and hasattr(value, "get_params"):
+        # a nested bottleneck (e.g. HybridBottleneck(bottleneck=...)): class name + parameters
+        return {"__estimator__": type(value).__name__,
+                "params": to_json_value(value.get_params(deep=False), what=what)}
     raise TypeError(
         f"cannot save {what}: values of type {type(value).__name__} are not JSON-serialisable "
         "(use plain numbers, strings, lists or dicts)"
@@ -82,6 +94,16 @@ def from_json_value(value: Any) -> Any:
             return float(value["__float__"])
         if "__pairs__" in value:
             return {_hashable(from_json_value(k)): from_json_value(v) for k, v in value["__pairs__"]}
+        if "__estimator__" in value:
+            cls = _registry().get(value["__estimator__"])
+            params = from_json_value(value.get("params", {}))
+            if cls is None or not isinstance(params, dict):
+                raise ValueError(f"unknown nested estimator {value['__estimator__']!r}")
+            known = set(cls._get_param_names())
+            unknown = sorted(str(k) for k in params if k not in known)
+            if unknown:
+                raise ValueError(f"unknown parameter(s) {unknown} for {cls.__name__}")
+            return cls(**params)
         return {k: from_json_value(v) for k, v in value.items()}
     return value
 

@@ -9,16 +9,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from conceptlens.errors import ConceptlensError
+from conceptlens.errors import UnknownClassError
 
 __all__ = ["Contributions", "InterventionResult", "UnknownClassError"]
-
-
-class UnknownClassError(ConceptlensError, KeyError):
-    """A class label that the fitted model does not know (the message lists the known ones)."""
-
-    def __str__(self) -> str:  # KeyError would quote the whole message
-        return str(self.args[0]) if self.args else ""
 
 
 def _plain(label: Any) -> Any:

@@ -221,13 +221,41 @@ class ClassTarget(Target):
         index_t = torch.as_tensor(indices, dtype=torch.long)
         weight_t = torch.as_tensor(weights)
         how = getattr(bottleneck, "input_transform", "identity")
+        residual = self._residual_map(bottleneck)
 
         def class_logit(pixel_values: torch.Tensor) -> torch.Tensor:
             scores = scorer.score_tensor(pixel_values)
             chosen = transform_scores_tensor(scores[:, index_t.to(scores.device)], how)
-            return chosen @ weight_t.to(device=scores.device, dtype=scores.dtype) + bias
+            out = chosen @ weight_t.to(device=scores.device, dtype=scores.dtype) + bias
+            if residual is not None:  # hybrid (PCBM-h): + residual on the embedding
+                w_r, mean_r, on_embeddings = residual
+                if on_embeddings:  # a second image-tower pass, differentiable too
+                    inputs = scorer._forward(pixel_values).global_embeds.to(scores.dtype)
+                else:
+                    inputs = chosen
+                w_r, mean_r = (t.to(device=scores.device, dtype=scores.dtype) for t in (w_r, mean_r))
+                out = out + (inputs - mean_r) @ w_r
+            return out
 
         return class_logit
+
+    def _residual_map(self, bottleneck: Any) -> tuple[torch.Tensor, torch.Tensor, bool] | None:
+        """``(weights, mean, on_embeddings)`` of a hybrid bottleneck's residual for this
+        class (``residual_coef_`` / ``embedding_mean_``), or ``None`` for a plain one."""
+        coef = getattr(bottleneck, "residual_coef_", None)
+        if coef is None:
+            return None
+        classes = [_plain(c) for c in bottleneck.classes_]
+        label = _plain(self.label)
+        if label not in classes:
+            label = next(c for c in classes if str(c) == str(label))
+        coef = np.atleast_2d(np.asarray(coef, dtype=np.float64))
+        if coef.shape[0] == 1 and len(classes) == 2:
+            w = (1.0 if label == classes[1] else -1.0) * coef[0]
+        else:
+            w = coef[classes.index(label)]
+        mean = np.asarray(bottleneck.embedding_mean_, dtype=np.float64)
+        return torch.as_tensor(w), torch.as_tensor(mean), bool(getattr(bottleneck, "uses_embeddings_", True))
 
     def build_margin(self, backbone: Any, scorer: Any = None, bottleneck: Any = None) -> TargetFunction | None:
         """Binary: the class's decision value; multiclass: its logit minus the largest other

@@ -3,7 +3,7 @@
 import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from conceptlens.concepts import AssociationBottleneck, SparseLinearBottleneck
+from conceptlens.concepts import AssociationBottleneck, HybridBottleneck, SparseLinearBottleneck
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -12,6 +12,7 @@ from conceptlens.concepts import AssociationBottleneck, SparseLinearBottleneck
     [
         SparseLinearBottleneck(Cs=5, cv=2, max_iter=200),
         AssociationBottleneck(n_epochs=100),
+        HybridBottleneck(SparseLinearBottleneck(Cs=5, cv=2, max_iter=200), residual_C=1.0),
     ]
 )
 def test_sklearn_compatible(estimator, check):
