@@ -43,7 +43,7 @@ from conceptlens.models.factory import (
     resolve_dtype,
 )
 
-__all__ = ["ConceptCLIPBackbone"]
+__all__ = ["ConceptCLIPBackbone", "fast_bert_tokenizer"]
 
 _REMOTE_CODE_FILES = (
     "configuration_conceptclip.py",
@@ -62,7 +62,10 @@ class ConceptCLIPBackbone(Backbone):
             (or :class:`~conceptlens.models.reference.ConceptCLIPModel`). Put in eval mode
             and frozen (``requires_grad=False``) here.
         processor: Its processor: ``processor.image_processor`` (SigLIP, squash resize) and
-            ``processor.tokenizer`` (a *fast* BERT tokenizer, for character offsets).
+            ``processor.tokenizer``, a BERT tokenizer; a *slow* one (what third-party code
+            loads the released model with) is replaced by the fast one built from the same
+            vocabulary (:func:`fast_bert_tokenizer`; same ids, checked on every batch),
+            because character offsets need the fast one.
         model_id: Hub id or local path, for :attr:`identity`.
         revision: Hub revision (commit) when known.
         weights_hash: Hash of the weight files when known; otherwise the state dict is
@@ -101,7 +104,12 @@ class ConceptCLIPBackbone(Backbone):
         self.model = model.eval()
         self.model.requires_grad_(False)
         self.processor = processor
-        self.tokenizer = _require(processor, "tokenizer")
+        tokenizer = _require(processor, "tokenizer")
+        self._slow_tokenizer = None
+        if not getattr(tokenizer, "is_fast", False):
+            self._slow_tokenizer = tokenizer
+            tokenizer = fast_bert_tokenizer(tokenizer)
+        self.tokenizer = tokenizer
         self.image_processor = _require(processor, "image_processor")
         self.context_length = int(
             context_length
@@ -292,11 +300,6 @@ class ConceptCLIPBackbone(Backbone):
             ``offsets`` ``(N, T, 2)`` character spans (``(0, 0)`` for special / padding).
         """
         texts = as_text_list(texts)
-        if not getattr(self.tokenizer, "is_fast", False):
-            raise UnsupportedBackboneError(
-                f"{type(self.tokenizer).__name__} is a slow tokenizer; token offsets need a "
-                "fast (Rust) tokenizer, e.g. BertTokenizerFast from the same vocabulary"
-            )
         self._warn_if_truncated(texts)
         encoded = self.tokenizer(
             texts,
@@ -306,6 +309,8 @@ class ConceptCLIPBackbone(Backbone):
             return_offsets_mapping=True,
             return_tensors="pt",
         )
+        if self._slow_tokenizer is not None:
+            _check_same_ids(self._slow_tokenizer, encoded["input_ids"], texts, self.context_length)
         input_ids = encoded["input_ids"].to(self.device)
         out = self.model(input_ids=input_ids)
         text = _output(out, "text_features")
@@ -372,6 +377,77 @@ class ConceptCLIPBackbone(Backbone):
                 f"e.g. {long[0][:60]!r}",
                 stacklevel=3,
             )
+
+
+_PROBE_TEXTS = (
+    "This is dermatoscopy of pigment network.",
+    "Blue-whitish veil, irregular streaks; 3 mm (ABCD) and 45% regression!",
+    "ATYPICAL   Dots/Globules",
+)
+
+
+def fast_bert_tokenizer(slow: Any) -> Any:
+    """The fast (Rust) BERT tokenizer built from a slow one's vocabulary and settings.
+
+    Third-party code loads the released ConceptCLIP with a slow ``BertTokenizer``; token
+    offsets (to find a concept's span in a prompt) need the fast one. The two must give
+    the same ids: checked here on probe texts and again on every batch the backbone encodes.
+
+    Args:
+        slow: A slow WordPiece (BERT) tokenizer with ``get_vocab()``.
+
+    Returns:
+        A fast tokenizer with the same vocabulary, casing, special tokens and length.
+
+    Raises:
+        UnsupportedBackboneError: Not a WordPiece tokenizer, or the fast one gives other ids.
+    """
+    import transformers
+
+    if not hasattr(slow, "get_vocab") or not hasattr(slow, "wordpiece_tokenizer"):
+        raise UnsupportedBackboneError(
+            f"{type(slow).__name__} is a slow tokenizer that is not BERT WordPiece; token "
+            "offsets need a fast (Rust) tokenizer: pass a processor with one"
+        )
+    vocab = slow.get_vocab()
+    basic = getattr(slow, "basic_tokenizer", None)
+    settings = dict(
+        do_lower_case=bool(getattr(slow, "do_lower_case", True)),
+        strip_accents=getattr(basic, "strip_accents", None),
+        tokenize_chinese_chars=bool(getattr(basic, "tokenize_chinese_chars", True)),
+        unk_token=slow.unk_token, sep_token=slow.sep_token, pad_token=slow.pad_token,
+        cls_token=slow.cls_token, mask_token=slow.mask_token,
+        model_max_length=slow.model_max_length,
+    )
+    fast_class = getattr(transformers, "BertTokenizerFast", None) or transformers.BertTokenizer
+    try:
+        fast = fast_class(vocab=vocab, **settings)  # transformers 5: from the vocab dict
+    except TypeError:  # transformers 4.x: from a vocab file
+        import tempfile
+        from pathlib import Path
+
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "vocab.txt"
+            path.write_text("\n".join(sorted(vocab, key=vocab.__getitem__)) + "\n",
+                            encoding="utf-8")
+            fast = fast_class(vocab_file=str(path), **settings)
+    probe = fast(list(_PROBE_TEXTS), padding="max_length", truncation=True,
+                 max_length=77, return_tensors="pt")["input_ids"]
+    _check_same_ids(slow, probe, list(_PROBE_TEXTS), 77)
+    return fast
+
+
+def _check_same_ids(slow: Any, ids: torch.Tensor, texts: list[str], length: int) -> None:
+    expected = slow(texts, padding="max_length", truncation=True, max_length=length,
+                    return_tensors="pt")["input_ids"]
+    if expected.shape != ids.shape or not torch.equal(expected, ids.cpu()):
+        rows = [i for i in range(len(texts)) if not torch.equal(expected[i], ids[i].cpu())]
+        first = rows[0] if rows else 0
+        raise UnsupportedBackboneError(
+            f"the fast tokenizer built from {type(slow).__name__}'s vocabulary tokenises "
+            f"{texts[first]!r} differently from it; pass a processor with a fast tokenizer "
+            "that matches the model's (token offsets need a fast tokenizer)"
+        )
 
 
 def _require(processor: Any, name: str) -> Any:

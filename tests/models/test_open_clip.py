@@ -163,3 +163,24 @@ def test_hub_names_fail_offline_with_the_library_error(monkeypatch):
 def test_pretrained_is_refused_for_other_families():
     with pytest.raises(ValueError, match="open_clip"):
         load_backbone("demo", pretrained="openai")
+
+
+def test_conceptclip_stand_in_trunk_is_a_timm_siglip_vit():
+    """The open_clip-flavoured stand-in's ``visual.trunk`` loads, strictly, into timm's own
+    SigLIP ViT (MAP head, no class token) and computes the same thing."""
+    import timm
+
+    from conceptlens.models import create_reference_model
+
+    model, _ = create_reference_model("tiny", flavour="open_clip")
+    trunk = timm.models.vision_transformer.VisionTransformer(
+        img_size=64, patch_size=8, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0,
+        class_token=False, global_pool="map", num_classes=0, act_layer="gelu_tanh",
+    )
+    trunk.load_state_dict(model.visual.trunk.state_dict(), strict=True)
+    trunk.eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(trunk.forward_features(x),
+                                   model.visual.trunk.forward_features(x), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(trunk(x), model.encode_image(x)[0], atol=1e-5, rtol=1e-5)

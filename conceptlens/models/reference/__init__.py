@@ -3,30 +3,44 @@
 ``configuration_conceptclip``, ``modeling_conceptclip`` and ``processing_conceptclip`` are the
 *remote code* that ``save_pretrained`` copies into a saved folder (they import only
 ``torch`` / ``transformers``); :func:`create_reference_model` builds the model at ``tiny`` or
-``full`` size.
+``full`` size. The ``*_openclip`` files are the second flavour
+(``create_reference_model(..., flavour="open_clip")``): the released model's open_clip/timm
+module layout and its slow tokenizer.
 """
 
 from conceptlens.models.reference.configuration_conceptclip import ConceptCLIPConfig
+from conceptlens.models.reference.configuration_conceptclip_openclip import (
+    ConceptCLIPOpenCLIPConfig,
+)
 from conceptlens.models.reference.factory import (
+    FLAVOURS,
     REFERENCE_SIZES,
+    build_slow_tokenizer,
     build_tokenizer,
     create_reference_model,
     load_reference_folder,
     reference_config,
 )
 from conceptlens.models.reference.modeling_conceptclip import ConceptCLIPModel
+from conceptlens.models.reference.modeling_conceptclip_openclip import ConceptCLIPOpenCLIPModel
 from conceptlens.models.reference.processing_conceptclip import ConceptCLIPProcessor
 
 # save_pretrained writes the `auto_map` entries and copies the three remote-code files.
 ConceptCLIPConfig.register_for_auto_class()
 ConceptCLIPModel.register_for_auto_class("AutoModel")
 ConceptCLIPProcessor.register_for_auto_class("AutoProcessor")
+ConceptCLIPOpenCLIPConfig.register_for_auto_class()
+ConceptCLIPOpenCLIPModel.register_for_auto_class("AutoModel")
 
 __all__ = [
+    "FLAVOURS",
     "REFERENCE_SIZES",
     "ConceptCLIPConfig",
     "ConceptCLIPModel",
+    "ConceptCLIPOpenCLIPConfig",
+    "ConceptCLIPOpenCLIPModel",
     "ConceptCLIPProcessor",
+    "build_slow_tokenizer",
     "build_tokenizer",
     "create_reference_model",
     "load_reference_folder",

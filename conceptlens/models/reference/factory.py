@@ -15,11 +15,17 @@ from transformers import BertConfig, BertTokenizer, SiglipImageProcessorPil, Sig
 from transformers.image_utils import PILImageResampling
 
 from conceptlens.models.reference.configuration_conceptclip import ConceptCLIPConfig
+from conceptlens.models.reference.configuration_conceptclip_openclip import (
+    ConceptCLIPOpenCLIPConfig,
+)
 from conceptlens.models.reference.modeling_conceptclip import ConceptCLIPModel
+from conceptlens.models.reference.modeling_conceptclip_openclip import ConceptCLIPOpenCLIPModel
 from conceptlens.models.reference.processing_conceptclip import ConceptCLIPProcessor
 
 __all__ = [
+    "FLAVOURS",
     "REFERENCE_SIZES",
+    "build_slow_tokenizer",
     "build_tokenizer",
     "create_reference_model",
     "default_words",
@@ -28,6 +34,7 @@ __all__ = [
 ]
 
 REFERENCE_SIZES = ("tiny", "full")
+FLAVOURS = ("transformers", "open_clip")
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 _CHARACTERS = string.ascii_lowercase + string.digits
 _PUNCTUATION = ".,;:!?-'\"()[]/%+&*=<>#_"
@@ -104,6 +111,27 @@ def build_tokenizer(words: Sequence[str] | None = None, *, max_length: int = 77)
     return BertTokenizer(vocab=vocab, model_max_length=max_length)
 
 
+def build_slow_tokenizer(words: Sequence[str] | None = None, *, max_length: int = 77) -> Any:
+    """The *slow* (pure Python) BERT tokenizer over :func:`build_tokenizer`'s vocabulary.
+
+    Third-party code loads the released ConceptCLIP with a plain slow ``BertTokenizer``;
+    the open_clip-flavoured stand-in ships one so that path is exercised. In transformers 5
+    the slow class is ``BertTokenizerLegacy`` (``BertTokenizer`` became the fast one).
+    """
+    import tempfile
+
+    import transformers
+
+    slow_class = getattr(transformers, "BertTokenizerLegacy", None)
+    if slow_class is None:  # transformers 4.x: BertTokenizer is the slow one
+        slow_class = transformers.BertTokenizer
+    vocab = build_tokenizer(words, max_length=max_length).get_vocab()
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "vocab.txt"
+        path.write_text("\n".join(sorted(vocab, key=vocab.__getitem__)) + "\n", encoding="utf-8")
+        return slow_class(vocab_file=str(path), do_lower_case=True, model_max_length=max_length)
+
+
 def reference_config(
     size: Literal["tiny", "full"] = "tiny", *, vocab_size: int | None = None, **overrides: Any
 ) -> ConceptCLIPConfig:
@@ -178,13 +206,42 @@ def load_reference_folder(
     return model, ConceptCLIPProcessor(image_processor, tokenizer, max_length=max_length)
 
 
+_OPEN_CLIP_VISION = {
+    "tiny": dict(image_size=64, patch_size=8, width=32, depth=2, heads=2, mlp_dim=64),
+    "full": dict(image_size=384, patch_size=14, width=1152, depth=27, heads=16, mlp_dim=4304),
+}
+
+
+def _create_open_clip_flavour(
+    size: str, seed: int, tokenizer_vocab: Sequence[str] | None, overrides: dict[str, Any]
+) -> tuple[ConceptCLIPOpenCLIPModel, ConceptCLIPProcessor]:
+    context_length = int(overrides.get("context_length", 77))
+    tokenizer = build_slow_tokenizer(tokenizer_vocab, max_length=context_length)
+    text = {**_TEXT[size], **dict(overrides.pop("text_config", None) or {})}
+    if size == "tiny":
+        text.setdefault("vocab_size", len(tokenizer))
+    text.setdefault("pad_token_id", 0)
+    config = ConceptCLIPOpenCLIPConfig(
+        **{**_OPEN_CLIP_VISION[size], **overrides}, text_config=BertConfig(**text)
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = ConceptCLIPOpenCLIPModel(config)
+    model.eval()
+    processor = ConceptCLIPProcessor(
+        _image_processor(config.image_size), tokenizer, max_length=context_length
+    )
+    return model, processor
+
+
 def create_reference_model(
     size: Literal["tiny", "full"] = "tiny",
     *,
+    flavour: Literal["transformers", "open_clip"] = "transformers",
     seed: int = 0,
     tokenizer_vocab: Sequence[str] | None = None,
     **config_overrides: Any,
-) -> tuple[ConceptCLIPModel, ConceptCLIPProcessor]:
+) -> tuple[Any, ConceptCLIPProcessor]:
     """Build the ConceptCLIP-architecture reference model (random weights) and its processor.
 
     ``model.save_pretrained(folder)`` plus ``processor.save_pretrained(folder)`` write a
@@ -194,6 +251,15 @@ def create_reference_model(
 
     Args:
         size: ``"tiny"`` or ``"full"`` (see :func:`reference_config`).
+        flavour: ``"transformers"`` (default): :class:`ConceptCLIPModel`, a transformers-native
+            SigLIP vision tower and fast tokenizer. ``"open_clip"``:
+            :class:`ConceptCLIPOpenCLIPModel`, the released model's own layout (an open_clip
+            ``TimmModel``-shaped vision tower, ``visual.trunk.blocks``; a BERT text tower
+            behind ``text.proj``) with the *slow* ``BertTokenizer`` third-party loaders use.
+            Both return ConceptCLIP's output dict and ``(global, tokens)`` from
+            ``encode_image`` / ``encode_text``. ``config_overrides`` of the open_clip
+            flavour are :class:`ConceptCLIPOpenCLIPConfig` fields (``image_size``,
+            ``width``, ..., ``text_config``).
         seed: Seed of the weight initialisation (the global RNG state is left untouched).
         tokenizer_vocab: Whole words for the WordPiece tokenizer (see :func:`build_tokenizer`).
             The full size keeps BERT-base's 30522-entry embedding table whatever the
@@ -210,6 +276,12 @@ def create_reference_model(
         >>> model.config.embed_dim, model.config.grid_size
         (32, (8, 8))
     """
+    if flavour not in FLAVOURS:
+        raise ValueError(f"flavour must be one of {FLAVOURS}, got {flavour!r}")
+    if size not in REFERENCE_SIZES:
+        raise ValueError(f"size must be one of {REFERENCE_SIZES}, got {size!r}")
+    if flavour == "open_clip":
+        return _create_open_clip_flavour(size, seed, tokenizer_vocab, dict(config_overrides))
     context_length = int(config_overrides.get("context_length", 77))
     tokenizer = build_tokenizer(tokenizer_vocab, max_length=context_length)
     vocab_size = len(tokenizer) if size == "tiny" else None
