@@ -246,6 +246,29 @@ def run_audit(args: argparse.Namespace) -> None:
     print(f"audit report -> {html_path} (numbers in {json_path.name})")
 
 
+# ---------------------------------------------------------------------------- report
+def run_report(args: argparse.Namespace) -> None:
+    """Write the data-set report ``NAME.html`` + ``NAME.json`` into ``--out`` (``report``)."""
+    from conceptlens.concepts import load_bottleneck
+    from conceptlens.explain.report import dataset_report
+    from conceptlens.explain.report.workflows import model_notice
+
+    scores = _load_scores(args.scores)
+    labels = _column_for(args.labels, args.label_column, scores.table.index, "labels")
+    bottleneck = load_bottleneck(args.bottleneck)
+    images = _thumbnail_files(scores.table.index, args.images)
+    scorer = notice = None
+    if images:
+        backbone = _backbone(args)
+        notice = model_notice(backbone)
+        scorer = _scorer_for_bottleneck(_scorer(args, backbone, _vocabulary(args.vocab, args.model)), bottleneck)
+    with _input_warnings_as_lines():
+        report = dataset_report(scores, bottleneck, labels, scorer=scorer, images=images or None,
+                                n_cases=args.cases, method=args.method, n_steps=args.n_steps, notice=notice)
+    html_path, json_path = report.save(args.out, args.name)
+    print(f"data-set report -> {html_path} (numbers in {json_path.name})")
+
+
 def _thumbnail_files(index: pd.Index, root: str | None) -> dict[str, str]:
     """Image id -> file for the audit's thumbnails: only with ``--images ROOT``, and only ids
     that resolve to a file inside ROOT (``..``, absolute ids pointing elsewhere and symbolic

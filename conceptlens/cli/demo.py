@@ -33,6 +33,7 @@ def run_demo(
     *,
     n: int = 400,
     n_explain: int = 3,
+    n_cases: int = 4,
     seed: int = 2026,
     artifact_correlation: float = 0.9,
     method: str = "integrated_gradients",
@@ -41,7 +42,8 @@ def run_demo(
     """Run the demo end to end and write its reports into ``out``.
 
     Writes ``scores.parquet``, ``annotation.csv``, ``bottleneck/``, ``explanation.html`` /
-    ``.json``, ``audit.html`` / ``.json`` and ``summary.json``. The summary's
+    ``.json``, ``dataset.html`` / ``.json`` (the bottleneck on the test half), ``audit.html`` /
+    ``.json`` and ``summary.json``. The summary's
     ``"input_warnings"`` lists the input warnings (``image_id``, ``kind``, ``message``) of the
     sample (about 1 % of clean images are flagged out of distribution by construction) and of
     a grayscale copy of one image (:data:`PROBE_ID`), scored on its own to show the check.
@@ -50,6 +52,7 @@ def run_demo(
         out: Output folder (created; nothing is written outside it).
         n: Number of held-out synthetic images (half to fit the bottleneck, half to test).
         n_explain: Test images in the explanation report.
+        n_cases: Representative test cases (correct and wrong) in the data-set report.
         seed: Seed of the sample (the demo model never saw it).
         artifact_correlation: How strongly the ink marking follows the diagnosis in this
             sample; the audited "shortcut" model learns to lean on it. At 0.7 the criteria
@@ -64,7 +67,12 @@ def run_demo(
     """
     from conceptlens.concepts import SparseLinearBottleneck, audit
     from conceptlens.demo import generate
-    from conceptlens.explain.report import audit_report, explain_images, model_notice
+    from conceptlens.explain.report import (
+        audit_report,
+        dataset_report,
+        explain_images,
+        model_notice,
+    )
     from conceptlens.models import load_backbone
     from conceptlens.vocab import ConceptScorer, ConceptVocabulary, evaluate_annotation
 
@@ -116,6 +124,12 @@ def run_demo(
     report, _ = explain_images(scorer_for_report, explained, bottleneck=bottleneck, method=method,
                                notice=model_notice(backbone), title="Demo: why melanoma?")
     report.save(out, "explanation")
+
+    # the data-set view of the same bottleneck on the test half: drivers, errors, cases
+    dataset_page = dataset_report(criteria_scores(test), bottleneck, diagnosis[half:], scorer=scorer_for_report,
+                                  images={i: images[i] for i in test}, n_cases=n_cases, method=method,
+                                  notice=model_notice(backbone), title="Demo: the bottleneck on the test set")
+    dataset_page.save(out, "dataset")
 
     # a shortcut-prone decision-maker: a bottleneck trained where the marking follows the diagnosis
     shortcut = SparseLinearBottleneck(cv=3).fit(scores.table.loc[train], diagnosis[:half])

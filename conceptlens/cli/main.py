@@ -172,6 +172,26 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, model=False)
     p.set_defaults(handler="audit")
 
+    p = sub.add_parser("report", help="data-set report of a bottleneck on labelled scores -> dataset.html + .json",
+                       description="What drives each class across a data set, the confusion matrix, the "
+                                   "errors grouped by the concept that explains them, and (with --images) "
+                                   "a gallery of correct and wrong cases with maps and attributions.")
+    p.add_argument("scores", help="score file written by 'conceptlens score' (the bottleneck's vocabulary)")
+    p.add_argument("--bottleneck", required=True, help="bottleneck folder from 'conceptlens fit'")
+    p.add_argument("--labels", required=True, help="CSV with image and label columns")
+    p.add_argument("--label-column", default="label")
+    p.add_argument("--images", default=None, metavar="FOLDER",
+                   help="folder the scored images live in: enables the gallery of cases (only ids "
+                        "that resolve to files inside it are read)")
+    p.add_argument("--cases", type=_positive_int, default=4,
+                   help="representative cases in the gallery (default: 4)")
+    p.add_argument("--method", default="integrated_gradients", help="attribution method of the gallery")
+    p.add_argument("--n-steps", type=_steps, default="auto",
+                   help="integration steps of path methods: 'auto' (default) or a whole number")
+    p.add_argument("--name", default="dataset", help="report file stem (default: dataset)")
+    _common(p)
+    p.set_defaults(handler="report")
+
     p = sub.add_parser("vocab", help="list, show, validate or convert concept vocabularies",
                        description="Work with concept vocabularies (YAML, JSON, CSV, OBO).")
     vsub = p.add_subparsers(dest="vocab_command", metavar="ACTION", required=True)

@@ -69,6 +69,27 @@ return Array.from(document.querySelectorAll('main > section, main > details')).m
 """
 
 
+def _page_matches_json(html_path, payload) -> int:
+    """Every table cell and summary number on the page equals its JSON value as formatted;
+    returns the number of table rows compared."""
+    with headless_chromium() as driver:
+        driver.get(html_path.resolve().as_uri())
+        shown = {s["title"]: s for s in driver.execute_script(_TABLES_JS)}
+    summary = payload["sections"][0]
+    assert summary["kind"] == "summary"
+    assert dict(shown["Summary"]["numbers"]) == summary["numbers"]
+    checked = 0
+    for section in payload["sections"]:
+        if section["kind"] != "table":
+            continue
+        page_rows = shown[section["title"]]["rows"]
+        assert len(page_rows) == min(len(section["rows"]), 40)
+        for page_row, row in zip(page_rows, section["rows"], strict=False):
+            assert page_row == [_format_cell(row[c], 3) for c in section["columns"]], section["title"]
+            checked += 1
+    return checked
+
+
 def test_dataset_report_in_browser(setup, tmp_path):
     require_browser()
     from tests.explain._layout import assert_findings_first, first_screen
@@ -83,26 +104,63 @@ def test_dataset_report_in_browser(setup, tmp_path):
     assert layout["images"] and all(w > 0 for w in layout["images"])  # every image decodes
     assert len(layout["images"]) >= 1 + 3  # drivers chart and one figure per case
     payload = json.loads(json_path.read_text())
-    with headless_chromium() as driver:
-        driver.get(html_path.resolve().as_uri())
-        shown = {s["title"]: s for s in driver.execute_script(_TABLES_JS)}
-    summary = payload["sections"][0]
-    assert summary["kind"] == "summary"
-    assert dict(shown["Summary"]["numbers"]) == summary["numbers"]
-    checked = 0
-    for section in payload["sections"]:
-        if section["kind"] != "table":
-            continue
-        page_rows = shown[section["title"]]["rows"]
-        assert len(page_rows) == min(len(section["rows"]), 40)
-        for page_row, row in zip(page_rows, section["rows"], strict=False):
-            expected = [_format_cell(row[c], 3) for c in section["columns"]]
-            assert page_row == expected, section["title"]
-            checked += 1
-    assert checked >= 10
+    assert _page_matches_json(html_path, payload) >= 10
     titles = [s["title"] for s in payload["sections"]]
     for title in ("Concepts that drive each class", "Concept prevalence by class", "Confusion matrix",
                   "Errors grouped by the concept that explains them", "Faithfulness of the attributions shown"):
         assert title in titles
     faith = next(s for s in payload["sections"] if s["title"] == "Faithfulness of the attributions shown")
     assert len(faith["rows"]) == 3 and all(r["verdict"] for r in faith["rows"])
+
+
+def test_report_command_writes_dataset_html_and_json(tmp_path, capsys):
+    """``conceptlens score`` -> ``fit`` -> ``report`` on a folder; the gallery reads only the folder."""
+    from PIL import Image
+
+    from conceptlens.cli import main
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    data = generate(40, seed=11, size=64)
+    ids = []
+    for i, image in enumerate(data.images):
+        Image.fromarray(image).save(folder / f"case_{i:02d}.png")
+        ids.append(f"case_{i:02d}.png")
+    import pandas as pd
+
+    labels = np.where(data.diagnoses == 1, "melanoma", "benign")
+    pd.DataFrame({"image": ids, "label": labels}).to_csv(tmp_path / "labels.csv", index=False)
+    assert main(["score", str(folder), "--out", str(tmp_path / "s.parquet"), "--quiet"]) == 0
+    assert main(["fit", str(tmp_path / "s.parquet"), "--labels", str(tmp_path / "labels.csv"),
+                 "--out", str(tmp_path / "bn"), "--quiet"]) == 0
+    code = main(["report", str(tmp_path / "s.parquet"), "--bottleneck", str(tmp_path / "bn"),
+                 "--labels", str(tmp_path / "labels.csv"), "--images", str(folder), "--cases", "2",
+                 "--n-steps", "8", "--out", str(tmp_path / "out"), "--quiet"])
+    stderr = capsys.readouterr().err
+    assert code == 0, stderr
+    payload = json.loads((tmp_path / "out" / "dataset.json").read_text())
+    assert payload["kind"] == "dataset" and payload["sections"][0]["kind"] == "summary"
+    cases = [s for s in payload["sections"] if s["title"].startswith("Case ")]
+    assert len(cases) == 2
+    confusion = next(s for s in payload["sections"] if s["title"] == "Confusion matrix")
+    assert sum(v for row in confusion["rows"] for k, v in row.items() if k != "true label") == 40
+    assert str(tmp_path) not in (tmp_path / "out" / "dataset.html").read_text()
+
+
+def test_demo_job_writes_the_dataset_report(tmp_path):
+    """``conceptlens demo`` writes dataset.html + dataset.json; the page loads without console
+    errors, its images decode and its numbers equal the JSON's."""
+    require_browser()
+    from conceptlens.cli.demo import run_demo
+    from tests.explain._layout import assert_findings_first, first_screen
+
+    run_demo(tmp_path, n=60, n_explain=1, n_cases=2, progress=False)
+    html_path, json_path = tmp_path / "dataset.html", tmp_path / "dataset.json"
+    layout = first_screen(html_path)
+    assert_findings_first(layout)
+    assert layout["images"] and all(w > 0 for w in layout["images"])
+    payload = json.loads(json_path.read_text())
+    assert _page_matches_json(html_path, payload) >= 5
+    assert len([s for s in payload["sections"] if s["title"].startswith("Case ")]) == 2
+    for name in ("explanation.html", "audit.html"):  # the demo's other reports open findings first too
+        assert_findings_first(first_screen(tmp_path / name))
