@@ -9,6 +9,7 @@ plus concept maps, annotation evaluation, zero-shot classification and retrieval
 from conceptlens.vocab.cache import FeatureCache
 from conceptlens.vocab.concept import Concept, VocabularyError
 from conceptlens.vocab.evaluation import evaluate_annotation
+from conceptlens.vocab.examples import EXAMPLE_VECTORS, concept_from_examples
 from conceptlens.vocab.input_checks import InputChecks, InputQualitySummary
 from conceptlens.vocab.maps import ConceptMaps
 from conceptlens.vocab.prompts import (
@@ -26,6 +27,7 @@ from conceptlens.vocab.zeroshot import retrieve_concepts, retrieve_images, zero_
 
 __all__ = [
     "DERM7PT_TEMPLATE",
+    "EXAMPLE_VECTORS",
     "TEMPLATES",
     "Concept",
     "ConceptMaps",
@@ -42,6 +44,7 @@ __all__ = [
     "VocabularyError",
     "available_presets",
     "build_prompts",
+    "concept_from_examples",
     "evaluate_annotation",
     "retrieve_concepts",
     "retrieve_images",

@@ -785,7 +785,9 @@ class ConceptScorer:
             bank.reference_global = distinct[:, :dim].contiguous()
             bank.reference_local = distinct[:, dim:].contiguous()
             bank.reference_index = inverse
-        return bank
+        from conceptlens.vocab.examples import apply_learned_vectors  # concepts from examples
+
+        return apply_learned_vectors(self.backbone, self.vocabulary, bank)
 
     # -- scoring core ---------------------------------------------------------------------
 
