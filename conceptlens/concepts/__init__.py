@@ -3,6 +3,8 @@
 * :class:`SparseLinearBottleneck`: sparse (L1 / elastic-net) logistic regression over concept
   scores, fitted along a warm-started regularisation path, "at most k concepts per class";
 * :class:`AssociationBottleneck`: LaBo-style class x concept association matrix;
+* :class:`MultiLabelBottleneck`: one sparse read-out per label (concepts per label or
+  shared);
 * :class:`HybridBottleneck`: PCBM-h, a bottleneck plus a residual on the image embedding,
   with each decision's residual share;
 * explanations on both: ``contributions``, ``top_concepts``, ``global_importance``,
@@ -19,6 +21,7 @@ from conceptlens.concepts.audit_result import AuditResult
 from conceptlens.concepts.base import ConceptBottleneckBase
 from conceptlens.concepts.hybrid import EmbeddingsError, HybridBottleneck, HybridDecomposition
 from conceptlens.concepts.interventions import INTERVENTION_POLICIES, intervention_curve
+from conceptlens.concepts.multilabel import MultiLabelBottleneck
 from conceptlens.concepts.persistence import load_bottleneck
 from conceptlens.concepts.results import Contributions, InterventionResult, UnknownClassError
 from conceptlens.concepts.sparse import EmptyModelWarning, SparseLinearBottleneck
@@ -34,6 +37,7 @@ __all__ = [
     "HybridDecomposition",
     "Contributions",
     "InterventionResult",
+    "MultiLabelBottleneck",
     "SparseLinearBottleneck",
     "UnknownClassError",
     "UnknownConceptError",

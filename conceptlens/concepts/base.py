@@ -130,6 +130,10 @@ class ConceptBottleneckBase(ClassifierMixin, BaseEstimator):
     def _binary(self) -> bool:
         return len(self.classes_) == 2
 
+    def _expected_outputs(self) -> int:
+        """Rows of ``coef_`` for the fitted classes (binary: 1)."""
+        return 1 if len(self.classes_) == 2 else len(self.classes_)
+
     @property
     def output_classes_(self) -> list[Any]:
         """Class label of each output row of ``coef_`` (binary: only ``classes_[1]``)."""

@@ -256,7 +256,7 @@ def _check_integrity(model: Any, json_path: Path, npz_path: Path) -> None:
                                   f"got {len(np.atleast_1d(classes))}")
     if len(set(classes.tolist())) != len(classes):
         raise BottleneckFileError(f"{json_path}: 'classes' lists a class twice")
-    rows = 1 if len(classes) == 2 else len(classes)
+    rows = model._expected_outputs()
     coef, intercept = np.asarray(model.coef_), np.asarray(model.intercept_)
     if coef.shape != (rows, n_features) or intercept.shape != (rows,):
         raise BottleneckFileError(
