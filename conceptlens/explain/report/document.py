@@ -170,6 +170,13 @@ class Summary(Section):
     def __post_init__(self) -> None:
         self.kind = "summary"
 
+    def _repr_html_(self) -> str:
+        esc = html.escape
+        points = "".join(f"<li>{esc(p)}</li>" for p in self.points)
+        numbers = " &middot; ".join(f"{esc(k)}: <b>{esc(v)}</b>" for k, v in self.numbers.items())
+        return (f'<div style="border-left:4px solid #0072b2;padding:.2rem .8rem">'
+                f"<p><b>{esc(self.headline)}</b></p><ul>{points}</ul><p>{numbers}</p></div>")
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready content: headline, points, the numbers as shown and their exact values."""
         return {**super().to_dict(), "headline": self.headline, "points": list(self.points),
