@@ -286,6 +286,42 @@ def _thumbnail_files(index: pd.Index, root: str | None) -> dict[str, str]:
     return found
 
 
+# ---------------------------------------------------------------------------- compare
+def run_compare(args: argparse.Namespace) -> None:
+    """Score the same images with several models and compare their concept annotation
+    (``compare``) -> ``NAME.html`` + ``NAME.json``."""
+    from conceptlens._io.image_keys import read_aligned_frame
+    from conceptlens.explain.report.comparison import comparison_report
+    from conceptlens.models import load_backbone
+    from conceptlens.vocab.comparison import compare_backbones
+
+    models = list(args.models or [])
+    if len(models) < 2:
+        raise ValueError("compare needs at least two models: --model A --model B")
+    vocabulary = _vocabulary(args.vocab, "demo" if "demo" in models else models[0])
+    sources = _image_sources(args.images, args.frame)
+    labels = read_aligned_frame(args.concept_labels, [s.image_id for s in sources],
+                                what="concept labels")
+    backbones = {  # folders are shown by their own name, not the whole path
+        (Path(name).name if Path(name).exists() else name): load_backbone(
+            name, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+        for name in dict.fromkeys(models)
+    }
+    options: dict[str, Any] = {"batch_size": args.batch_size, "mode": args.mode,
+                               "alpha": args.alpha, "calibration": args.calibration,
+                               "aggregation": args.aggregation}
+    if args.templates:
+        options["templates"] = list(args.templates)
+    comparison = compare_backbones(backbones, vocabulary, sources, labels, cache_dir=args.cache_dir,
+                                   n_bootstrap=args.n_bootstrap, progress=not args.quiet, **options)
+    report = comparison_report(comparison, vocabulary={"name": vocabulary.name,
+                                                       "concepts": len(vocabulary)})
+    html_path, json_path = report.save(args.out, args.name)
+    pooled = comparison.pooled["roc_auc"]
+    print("pooled annotation AUC: " + ", ".join(f"{m} {v:.3f}" for m, v in pooled.items())
+          + f" -> {html_path} (+ {json_path.name})")
+
+
 # ---------------------------------------------------------------------------- vocab
 def run_vocab_list(args: argparse.Namespace) -> None:
     """Print the built-in vocabularies (``vocab list``)."""

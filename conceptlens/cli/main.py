@@ -192,6 +192,37 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(handler="report")
 
+    p = sub.add_parser("compare", help="compare models on concept annotation -> comparison.html + .json",
+                       description="Score the same images with several models (--model A --model B ...) "
+                                   "and compare their concept annotation against 0/1 concept labels: "
+                                   "per-concept and pooled AUC with bootstrap intervals and paired tests.")
+    p.add_argument("images", nargs="+", help="image files, folders, or CSV manifests")
+    p.add_argument("--model", dest="models", action="append", required=True, metavar="MODEL",
+                   help="a model to compare (repeat: --model demo --model open_clip:ViT-B-32 ...)")
+    p.add_argument("--concept-labels", required=True,
+                   help="CSV of 0/1 concept labels: an image column + one column per concept id")
+    p.add_argument("--vocab", default=None,
+                   help="built-in vocabulary name or vocabulary file (default: the demo vocabulary "
+                        "when the demo model is compared)")
+    p.add_argument("--n-bootstrap", type=_non_negative_int, default=1000,
+                   help="bootstrap resamples of the images (default: 1000)")
+    p.add_argument("--mode", default="combined", choices=["global", "local", "combined"])
+    p.add_argument("--alpha", type=_unit_float, default=0.5)
+    p.add_argument("--calibration", default="sigmoid", choices=["cosine", "sigmoid", "paired_softmax"])
+    p.add_argument("--aggregation", default="max", choices=["mean", "max", "topk"])
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="compute dtype of every model (default: auto)")
+    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--cache-dir", default=None,
+                   help="feature-cache folder shared by the models (each keyed by its identity)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow running model repositories' own code (needed for ConceptCLIP)")
+    p.add_argument("--name", default="comparison", help="report file stem (default: comparison)")
+    _images_options(p)
+    _common(p, model=False)
+    p.set_defaults(handler="compare")
+
     p = sub.add_parser("vocab", help="list, show, validate or convert concept vocabularies",
                        description="Work with concept vocabularies (YAML, JSON, CSV, OBO).")
     vsub = p.add_subparsers(dest="vocab_command", metavar="ACTION", required=True)

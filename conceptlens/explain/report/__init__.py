@@ -1,6 +1,7 @@
 """Self-contained HTML reports (with a JSON twin) for explanations and audits."""
 
 from conceptlens.explain.report.builders import ImageExplanation, audit_report, explanation_report
+from conceptlens.explain.report.comparison import comparison_report, plot_comparison
 from conceptlens.explain.report.dataset import dataset_report
 from conceptlens.explain.report.document import (
     Facts,
@@ -19,11 +20,13 @@ from conceptlens.explain.report.workflows import explain_images, explain_items, 
 __all__ = [
     "ImageExplanation",
     "audit_report",
+    "comparison_report",
     "dataset_report",
     "explain_items",
     "explain_images",
     "explanation_report",
     "model_notice",
+    "plot_comparison",
     "Facts",
     "Figures",
     "Gallery",
