@@ -10,6 +10,7 @@ from conceptlens.vocab.cache import FeatureCache
 from conceptlens.vocab.concept import Concept, VocabularyError
 from conceptlens.vocab.evaluation import evaluate_annotation
 from conceptlens.vocab.examples import EXAMPLE_VECTORS, concept_from_examples
+from conceptlens.vocab.filtering import ConceptFilterResult, filter_concepts
 from conceptlens.vocab.input_checks import InputChecks, InputQualitySummary
 from conceptlens.vocab.maps import ConceptMaps
 from conceptlens.vocab.prompts import (
@@ -30,6 +31,7 @@ __all__ = [
     "EXAMPLE_VECTORS",
     "TEMPLATES",
     "Concept",
+    "ConceptFilterResult",
     "ConceptMaps",
     "ConceptPrompt",
     "ConceptScorer",
@@ -46,6 +48,7 @@ __all__ = [
     "build_prompts",
     "concept_from_examples",
     "evaluate_annotation",
+    "filter_concepts",
     "retrieve_concepts",
     "retrieve_images",
     "zero_shot_classify",
