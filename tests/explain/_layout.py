@@ -63,3 +63,20 @@ def assert_findings_first(result: dict) -> None:
     assert result["overflowing"] == [], result["overflowing"]
     assert result["scroll_width"] <= result["width"], (result["scroll_width"], result["width"])
     assert result["errors"] == []
+
+
+def printed(html_path: Path, width: int = 794) -> dict:
+    """Lay the page out with the print stylesheet at A4 width (794 CSS px): page width, and
+    whether the collapsed settings are printed."""
+    with headless_chromium() as driver:
+        driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                               {"width": width, "height": 1123, "deviceScaleFactor": 1, "mobile": False})
+        driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": "print"})
+        driver.get(Path(html_path).resolve().as_uri())
+        return driver.execute_script("""
+          const settings = Array.from(document.querySelectorAll('details.settings'));
+          return {scroll_width: document.documentElement.scrollWidth,
+                  width: document.documentElement.clientWidth,
+                  settings_height: settings.map(d => d.getBoundingClientRect().height),
+                  summary_height: settings.map(d => d.querySelector('summary').getBoundingClientRect().height)};
+        """)

@@ -158,3 +158,19 @@ def test_audit_report_findings_first(demo_setup, tmp_path):
     assert summary["numbers"]["surrogate fidelity (95% interval)"] == shown
     assert any(shown in p for p in summary["points"])
     assert any("beyond_labels" in p and "FLAGGED" in p for p in summary["points"])
+
+
+def test_audit_report_prints_on_a4(demo_setup, tmp_path):
+    """With the print stylesheet at A4 width nothing is wider than the paper and the collapsed
+    settings are printed (taller than their one-line summary)."""
+    require_browser()
+    from tests.explain._layout import printed
+
+    _, _, _, scores, diagnosis, _, _ = demo_setup
+    column = scores.table["derm7pt:blue_whitish_veil"].to_numpy()
+    decisions = np.where(column > np.median(column), "melanoma", "benign")
+    result = audit(scores, decisions, diagnosis, irrelevant_concepts=["derm7pt:blue_whitish_veil"])
+    html_path, _ = audit_report(result, scores=scores, decisions=decisions, labels=diagnosis).save(tmp_path, "a")
+    page = printed(html_path)
+    assert page["scroll_width"] <= page["width"], page
+    assert all(h > 2 * s for h, s in zip(page["settings_height"], page["summary_height"], strict=True)), page
