@@ -174,3 +174,16 @@ def test_audit_report_prints_on_a4(demo_setup, tmp_path):
     page = printed(html_path)
     assert page["scroll_width"] <= page["width"], page
     assert all(h > 2 * s for h, s in zip(page["settings_height"], page["summary_height"], strict=True)), page
+
+
+def test_audit_report_needs_only_the_audit_and_decisions(demo_setup, tmp_path):
+    """Without the scores again the report still opens with the findings (names from the audit)."""
+    _, _, _, scores, diagnosis, _, _ = demo_setup
+    column = scores.table["derm7pt:blue_whitish_veil"].to_numpy()
+    decisions = np.where(column > np.median(column), "melanoma", "benign")
+    result = audit(scores, decisions, diagnosis, irrelevant_concepts=["derm7pt:blue_whitish_veil"])
+    report = audit_report(result, decisions=decisions, labels=diagnosis)
+    payload = report.to_dict()
+    assert payload["sections"][0]["headline"] == f"The decisions rely on '{XSS}', which you declared irrelevant."
+    assert "Concept prevalence by decision" not in [s["title"] for s in payload["sections"]]
+    assert "&lt;script&gt;" in report.to_html()

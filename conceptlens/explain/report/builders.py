@@ -344,7 +344,7 @@ _AUDIT_TITLES = {
 def audit_report(
     audit: Any,
     *,
-    scores: Any,
+    scores: Any = None,
     decisions: Sequence[Any],
     labels: Sequence[Any] | None = None,
     annotation: pd.DataFrame | None = None,
@@ -359,7 +359,8 @@ def audit_report(
 
     Args:
         audit: The :class:`conceptlens.concepts.AuditResult` (its DataFrames become tables).
-        scores: ``ConceptScores`` (or DataFrame) the audit was computed on.
+        scores: ``ConceptScores`` (or DataFrame) the audit was computed on; without them the
+            report leaves out the prevalence table and the thumbnails.
         decisions: One decision per score row.
         labels: True labels per row, when known.
         annotation: Per-concept annotation quality (``evaluate_annotation``), when concept labels exist.
@@ -372,17 +373,23 @@ def audit_report(
     """
     from conceptlens.explain.plots import plot_weights
 
-    table = getattr(scores, "table", scores)
+    has_scores = scores is not None
+    table = getattr(scores, "table", scores) if has_scores else pd.DataFrame(index=range(len(decisions)))
     if not isinstance(table, pd.DataFrame):
         table = pd.DataFrame(np.asarray(table))
     names = dict(getattr(scores, "concept_names", {}) or {})
+    reliance = getattr(audit, "reliance", None)
+    if not names and isinstance(reliance, pd.DataFrame) and {"concept", "name"} <= set(reliance.columns):
+        names = {str(c): str(n) for c, n in zip(reliance["concept"], reliance["name"], strict=True) if n}
     decisions = np.asarray(decisions)
     if len(decisions) != len(table):
         raise ValueError(f"decisions has {len(decisions)} entries but the score table has {len(table)} rows")
     report = Report(title, kind="audit", notice=notice)
     summary = dict(getattr(audit, "summary", None) or {})
     report.add(_audit_summary(audit, summary, names, decisions, labels))
-    facts: dict[str, Any] = {"images": len(table), "concepts": table.shape[1]}
+    facts: dict[str, Any] = {"images": len(table)}
+    if has_scores:
+        facts["concepts"] = table.shape[1]
     classes, counts = np.unique(decisions.astype(str), return_counts=True)
     facts.update({f"decided '{c}'": int(n) for c, n in zip(classes, counts, strict=True)})
     if labels is not None:
@@ -413,19 +420,20 @@ def audit_report(
         report.add(Figures.from_matplotlib("Bottleneck weights", fig,
                                            data=weights.round(6).to_dict(orient="index")))
 
-    prevalence = table.groupby(decisions.astype(str)).mean().T
-    prevalence.index = [names.get(c, c) for c in prevalence.index]
-    prevalence.index.name = "concept"
-    prevalence.columns = [f"mean score | decided {c}" for c in prevalence.columns]
-    report.add(Table("Concept prevalence by decision", frame=prevalence, index=True, max_rows=max_rows,
-                     caption="Mean concept score among the images given each decision."))
+    if has_scores:
+        prevalence = table.groupby(decisions.astype(str)).mean().T
+        prevalence.index = [names.get(c, c) for c in prevalence.index]
+        prevalence.index.name = "concept"
+        prevalence.columns = [f"mean score | decided {c}" for c in prevalence.columns]
+        report.add(Table("Concept prevalence by decision", frame=prevalence, index=True, max_rows=max_rows,
+                         caption="Mean concept score among the images given each decision."))
 
     for name, frame in _frame_fields(audit):
         report.add(Table(_AUDIT_TITLES.get(name, name.replace("_", " ").capitalize()),
                          frame=frame.rename(columns=_human_column),
                          index=not isinstance(frame.index, pd.RangeIndex), max_rows=max_rows))
 
-    if images is not None and max_thumbnails > 0:
+    if has_scores and images is not None and max_thumbnails > 0:
         report.add(_telling_examples(table, names, decisions, labels, images, max_thumbnails))
     report.add(Facts("Settings and provenance", facts=settings, collapsed=True))
     return report
