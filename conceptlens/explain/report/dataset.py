@@ -33,6 +33,11 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
+def _count(n: int, noun: str) -> str:
+    """``1 error``, ``2 errors``."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def dataset_tables(scores: Any, bottleneck: Any, labels: Sequence[Any]) -> dict[str, Any]:
     """The numbers of the data-set report, as DataFrames (no images, no rendering).
 
@@ -250,7 +255,8 @@ def dataset_report(
     n_errors = len(tables["errors"])
     if n_errors and len(groups):
         g = groups.iloc[0]
-        points.append(f"{n_errors} errors; the most common pattern: {int(g['errors'])} images labelled "
+        points.append(f"{_count(n_errors, 'error')}; the most common pattern: "
+                      f"{_count(int(g['errors']), 'image')} labelled "
                       f"'{g['label']}' predicted '{g['predicted']}', pushed there mostly by a {g['score']} "
                       f"{g['concept']} score.")
         values["most common error"] = {k: _plain(v) for k, v in g.items()}
@@ -262,8 +268,8 @@ def dataset_report(
         points.append(f"{ok} of {len(cards)} attributions in the gallery converged "
                       "(they sum to f(x) - f(baseline) within the tolerance).")
         values["attributions converged"] = [ok, len(cards)]
-    headline = (f"Accuracy {interval(accuracy, low, high)} on {len(labels)} labelled images "
-                f"({n_errors} errors).")
+    headline = (f"Accuracy {interval(accuracy, low, high)} on {_count(len(labels), 'labelled image')} "
+                f"({_count(n_errors, 'error')}).")
     numbers = {"images": str(len(labels)), "accuracy (95% interval)": interval(accuracy, low, high),
                "errors": str(n_errors), "classes": ", ".join(tables["classes"])}
     report.add(Summary("Summary", headline=headline, points=points, numbers=numbers, values=values,
