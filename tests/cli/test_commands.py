@@ -130,3 +130,26 @@ def test_demo_command(tmp_path, capsys):
         assert (tmp_path / "demo" / name).exists(), name
     assert 0.0 <= summary["headline"]["bottleneck_test_accuracy"] <= 1.0
     assert "bottleneck_test_accuracy" in stdout
+
+
+def test_explain_defaults_are_converged_and_use_the_bottlenecks_score_space(workspace, capsys):
+    files = sorted((workspace / "images").glob("lesion_*.png"))[2:4]
+    code, _, stderr = _run(["explain", *files, "--bottleneck", workspace / "model",
+                            "--out", workspace / "explain_ig", "--quiet"], capsys)
+    assert code == 0, stderr
+    data = json.loads((workspace / "explain_ig" / "explanation.json").read_text())
+    cards = [s["facts"] for s in data["sections"] if s["title"].endswith("faithfulness card")]
+    assert len(cards) == 2
+    for card in cards:
+        assert card["method"] == "integrated_gradients" and card["integration steps"] >= 32
+        assert {"verdict", "baseline", "f(baseline)", "f(x), the explained output"} <= set(card)
+    settings = next(s["facts"] for s in data["sections"] if "facts" in s
+                    and "scoring calibration" in s["facts"])
+    assert settings["scoring calibration"] == "sigmoid"  # from the bottleneck, not the scorer default
+
+
+@pytest.mark.parametrize("steps", ["0", "-3", "lots"])
+def test_explain_rejects_bad_step_counts(workspace, capsys, steps):
+    code = main(["explain", str(workspace / "images"), "--n-steps", steps, "--out", str(workspace / "x")])
+    assert code == 2
+    assert "--n-steps" in capsys.readouterr().err
