@@ -184,3 +184,20 @@ def test_conceptclip_stand_in_trunk_is_a_timm_siglip_vit():
         torch.testing.assert_close(trunk.forward_features(x),
                                    model.visual.trunk.forward_features(x), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(trunk(x), model.encode_image(x)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_compare_the_demo_model_with_an_open_clip_model(tmp_path):
+    import pandas as pd
+
+    from conceptlens.demo.generator import generate
+    from conceptlens.vocab.comparison import compare_backbones
+
+    data = generate(16, seed=2)
+    ids = [f"image_{i}" for i in range(16)]
+    labels = pd.DataFrame(data.concepts[:, :7], index=ids, columns=list(data.concept_ids[:7]))
+    clip = load_backbone("open_clip:ViT-B-32", pretrained=None, device="cpu", dtype="float32")
+    result = compare_backbones({"demo": load_backbone("demo"), "ViT-B-32 (random)": clip},
+                               ConceptVocabulary.builtin("demo"), list(data.images), labels,
+                               n_bootstrap=100, reference=None)
+    assert result.best == "demo"
+    assert result.identities["ViT-B-32 (random)"]["family"] == "open_clip"
