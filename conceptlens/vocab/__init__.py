@@ -7,6 +7,7 @@ plus concept maps, annotation evaluation, zero-shot classification and retrieval
 """
 
 from conceptlens.vocab.cache import FeatureCache
+from conceptlens.vocab.calibration import ConceptCalibrator, calibration_report
 from conceptlens.vocab.concept import Concept, VocabularyError
 from conceptlens.vocab.evaluation import evaluate_annotation
 from conceptlens.vocab.examples import EXAMPLE_VECTORS, concept_from_examples
@@ -31,6 +32,7 @@ __all__ = [
     "EXAMPLE_VECTORS",
     "TEMPLATES",
     "Concept",
+    "ConceptCalibrator",
     "ConceptFilterResult",
     "ConceptMaps",
     "ConceptPrompt",
@@ -46,6 +48,7 @@ __all__ = [
     "VocabularyError",
     "available_presets",
     "build_prompts",
+    "calibration_report",
     "concept_from_examples",
     "evaluate_annotation",
     "filter_concepts",
