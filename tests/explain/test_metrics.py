@@ -196,3 +196,62 @@ def test_randomisation_check_lower_similarity_and_model_untouched():
     assert constant.layers == ["head"]
     with pytest.raises(KeyError, match="nope"):
         randomisation_check(_gradient_map, net, ["nope"])
+
+
+# -- MPRT cascade -------------------------------------------------------------------------------
+
+
+def test_mprt_cascade_from_the_top_model_untouched_and_plot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from conceptlens.explain.metrics import MPRTCascade, mprt_cascade
+
+    net = _Net()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    result = mprt_cascade(_gradient_map, net)
+    assert isinstance(result, MPRTCascade)
+    assert result.layers == ["head", "body"]  # top first, cumulative
+    assert list(result.table["step"]) == [0, 1, 2]
+    assert result.table["spearman"].iloc[0] == 1.0
+    assert result.table["spearman"].iloc[-1] < 0.9 and result.table["ssim"].iloc[-1] < 0.9
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k])
+    assert len(result.maps) == 2 and result.maps[-1].shape == (12, 12)
+    # an explanation that ignores the model stays at 1 all the way down
+    constant = mprt_cascade(lambda m: np.arange(32.0).reshape(2, 4, 4), net, ["head", "body"])
+    assert np.allclose(constant.table[["spearman", "ssim"]].to_numpy(), 1.0)
+    ax = result.plot()
+    assert len(ax.lines) >= 2 and [t.get_text() for t in ax.get_xticklabels()][0] == "original"
+    assert "MPRT" in result._repr_html_()
+    with pytest.raises(KeyError, match="nope"):
+        mprt_cascade(_gradient_map, net, ["nope"])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_mprt_cascade_on_demo_model_saliency_decays(seed):
+    # Measured (4 images, concept blue-whitish veil, seeds 0-2): Spearman 0.75-0.76 after the
+    # top block, 0.69 after two, 0.24-0.25 after all three; SSIM 0.60-0.63 at the end.
+    import warnings
+
+    from conceptlens.demo import generate
+    from conceptlens.explain.metrics import mprt_cascade
+    from conceptlens.models import load_backbone
+    from conceptlens.vocab import ConceptScorer, ConceptVocabulary
+
+    backbone = load_backbone("demo")
+    vocabulary = ConceptVocabulary.builtin("demo")
+    data = generate(4, seed=3, concept_prob=1.0)
+
+    def saliency(model):
+        scorer = ConceptScorer(model, vocabulary, progress=False, reference=None)
+        x = model.preprocess(list(data.images)).requires_grad_(True)
+        scorer.score_tensor(x)[:, 1].sum().backward()
+        return x.grad.abs().sum(1).numpy()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = mprt_cascade(saliency, backbone, seed=seed)
+    assert result.layers == [f"vision_model.encoder.layers.{i}" for i in (2, 1, 0)]
+    rho = result.table["spearman"].to_numpy()
+    assert rho[-1] < 0.5 and rho[-1] < rho[1] < 1.0

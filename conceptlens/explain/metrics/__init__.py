@@ -2,7 +2,8 @@
 
 * perturbation: :func:`deletion_curve`, :func:`insertion_curve` (AUC over the unit interval)
 * localisation against a mask: :func:`pointing_game`, :func:`energy_pointing_game`, :func:`map_auroc`
-* sanity: :func:`completeness_gap` (integrated gradients), :func:`randomisation_check`
+* sanity: :func:`completeness_gap` (integrated gradients), :func:`randomisation_check`,
+  :func:`mprt_cascade` (layer-by-layer MPRT from the top)
 * similarity of two maps: :func:`spearman_correlation`, :func:`ssim`
 """
 
@@ -14,14 +15,17 @@ from conceptlens.explain.metrics.perturbation import (
     make_baseline,
 )
 from conceptlens.explain.metrics.sanity import (
+    MPRTCascade,
     RandomisationResult,
     completeness_gap,
+    mprt_cascade,
     randomisation_check,
     randomise_layers,
 )
 from conceptlens.explain.metrics.similarity import spearman_correlation, ssim
 
 __all__ = [
+    "MPRTCascade",
     "PerturbationCurve",
     "RandomisationResult",
     "completeness_gap",
@@ -30,6 +34,7 @@ __all__ = [
     "insertion_curve",
     "make_baseline",
     "map_auroc",
+    "mprt_cascade",
     "pointing_game",
     "randomisation_check",
     "randomise_layers",
