@@ -56,7 +56,9 @@ __all__ = [
     "is_image_file",
     "load_image",
     "load_pil_images",
+    "normalize_pixels",
     "resize_map_to_original",
+    "resize_to_uint8",
     "to_uint8",
 ]
 
@@ -256,6 +258,45 @@ def load_pil_images(images: Any) -> list[Image.Image]:
     if not items:
         raise ValueError("images is empty; pass at least one image")
     return [item.image if isinstance(item, LoadedImage) else load_image(item).image for item in items]
+
+
+#: PIL resampling filters by the names backbones record in their preprocessing.
+RESAMPLE_FILTERS: dict[str, int] = {
+    "nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX, "hamming": Image.Resampling.HAMMING,
+}
+
+
+def resize_to_uint8(image: Image.Image, size: tuple[int, int], resample: str = "bicubic") -> np.ndarray:
+    """Squash-resize an RGB image to ``size`` = ``(height, width)``; ``(3, H, W)`` ``uint8``.
+
+    The per-image half of a backbone's preprocessing (PIL's filters, as Hugging Face image
+    processors use them); :func:`normalize_pixels` does the rest for a whole batch at once.
+
+    Raises:
+        ValueError: An unknown ``resample`` name.
+    """
+    if resample not in RESAMPLE_FILTERS:
+        raise ValueError(f"resample must be one of {sorted(RESAMPLE_FILTERS)}, got {resample!r}")
+    height, width = (int(v) for v in size)
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    if rgb.size != (width, height):
+        rgb = rgb.resize((width, height), RESAMPLE_FILTERS[resample])
+    return np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1))
+
+
+def normalize_pixels(pixels: torch.Tensor, *, rescale: float, mean: Sequence[float],
+                     std: Sequence[float]) -> torch.Tensor:
+    """A ``(B, 3, H, W)`` ``uint8`` batch as float32 model input, ``(x * rescale - mean) / std``.
+
+    Runs on the tensor's device (on a GPU: after the 4x smaller ``uint8`` transfer).
+    """
+    torch = _torch()
+    x = pixels.to(torch.float32) * float(rescale)
+    mean_t = torch.tensor([float(v) for v in mean], dtype=torch.float32, device=x.device)
+    std_t = torch.tensor([float(v) for v in std], dtype=torch.float32, device=x.device)
+    return (x - mean_t[:, None, None]) / std_t[:, None, None]
 
 
 def is_image_file(path: str | os.PathLike) -> bool:
@@ -458,12 +499,17 @@ def _load_path(path: Path, *, frame: int | None, max_pixels: int | None) -> Load
         raise ImageLoadError(name, "is a directory, not an image file")
     if size == 0:
         raise ImageLoadError(name, "empty file (0 bytes)")
-    if path.suffix.lower() in _DICOM_SUFFIXES or has_dicom_magic(path):
+    if path.suffix.lower() in _DICOM_SUFFIXES:
         from conceptlens.models.dicom import read_dicom
 
         return read_dicom(path, frame=frame, max_pixels=max_pixels)
     try:
+        # One open per file: the DICOM marker is read from the handle that then decodes.
         with open(path, "rb") as handle:
+            if _stream_has_dicom_magic(handle):
+                from conceptlens.models.dicom import read_dicom
+
+                return read_dicom(handle, frame=frame, max_pixels=max_pixels, name=name)
             return _load_stream(handle, name, frame=frame, max_pixels=max_pixels,
                                 dicom_checked=True)
     except OSError as error:

@@ -40,6 +40,7 @@ __all__ = [
     "InputChecks",
     "InputQualitySummary",
     "check_image",
+    "check_statistics",
     "empty_warnings",
     "expects_color",
     "image_statistics",
@@ -180,11 +181,26 @@ def check_image(
     Returns:
         ``[(kind, message), ...]`` in the order of :data:`WARNING_KINDS`; empty when clean.
     """
+    return check_statistics(image.size, image_statistics(image), model_size, checks,
+                            expect_color=expect_color, grid_size=grid_size)
+
+
+def check_statistics(
+    size: tuple[int, int],
+    stats: dict[str, float],
+    model_size: tuple[int, int],
+    checks: InputChecks | None = None,
+    *,
+    expect_color: bool = True,
+    grid_size: tuple[int, int] | None = None,
+) -> list[tuple[str, str]]:
+    """:func:`check_image` from an image's ``(width, height)`` and :func:`image_statistics`
+    (what a feature store keeps, so that rescoring opens no image file)."""
     checks = checks or InputChecks()
     if checks.expect_color is not None:
         expect_color = checks.expect_color
     found: list[tuple[str, str]] = []
-    width, height = image.size
+    width, height = (int(v) for v in size)
     model_h, model_w = (int(v) for v in model_size)
     factor = max(model_h / max(height, 1), model_w / max(width, 1))
     if factor > checks.max_upsample:
@@ -193,7 +209,6 @@ def check_image(
             f"{width}x{height} px image is upsampled {factor:.1f}x to the {model_w}x{model_h} model "
             f"input{grid}; details below the original resolution are invented by the resize"
         )))
-    stats = image_statistics(image)
     if stats["std"] < checks.constant_std:
         found.append(("constant", (
             f"near-constant pixels (luminance {stats['mean']:.0f} +- {stats['std']:.2f} of 255): "

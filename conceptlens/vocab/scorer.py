@@ -72,36 +72,52 @@ from __future__ import annotations
 
 import json
 import warnings
-import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from conceptlens.models.base import Backbone, TextFeatures
-from conceptlens.models.images import LoadedImage
-from conceptlens.vocab.cache import FeatureCache, image_content_hash
+from conceptlens.models.base import Backbone
+from conceptlens.vocab.batching import FeatureBatch, auto_batch_size, iter_feature_batches
+from conceptlens.vocab.cache import FeatureCache, patch_mean_of
+from conceptlens.vocab.geometry import covered_fraction, patch_size_of
 from conceptlens.vocab.input_checks import (
     InputChecks,
     InputQualitySummary,
-    check_image,
+    check_statistics,
     expects_color,
 )
 from conceptlens.vocab.maps import ConceptMaps
 from conceptlens.vocab.reference import EmbeddingReference, default_reference
 from conceptlens.vocab.scores import ConceptScores
-from conceptlens.vocab.sources import count_images, iter_image_sources
+from conceptlens.vocab.sources import iter_image_sources
+from conceptlens.vocab.textbank import (
+    TextBank,
+    TextBankStore,
+    bank_key,
+    build_text_bank,
+    clear_text_memo,
+    encode_text_vectors,
+    memo_for,
+    token_vector,
+)
 
-__all__ = ["PRESETS", "ConceptScorer", "ScoringConfig", "available_presets", "clear_text_memo"]
+__all__ = ["ENGINES", "PRESETS", "ConceptScorer", "ScoringConfig", "available_presets",
+           "clear_text_memo"]
+
+# Moved to their own modules (issue 16); importable from here as before.
+_REEXPORTED = (FeatureBatch, TextBank, covered_fraction, encode_text_vectors, iter_feature_batches,
+               patch_size_of, token_vector)
 
 MODES = ("combined", "global", "local")
 AGGREGATIONS = ("mean", "max", "topk")
 CALIBRATIONS = ("cosine", "sigmoid", "paired_softmax")
 TEXT_TOKENS = ("span", "last")
+ENGINES = ("local", "ray")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -228,269 +244,6 @@ def available_presets() -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Text side
-# ----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class TextBank:
-    """Ensembled text vectors of a vocabulary, float32, one row per concept.
-
-    Attributes:
-        concept_global: ``(K, D)`` normalised global text vectors ``t``.
-        concept_local: ``(K, D)`` normalised concept token vectors ``u``.
-        reference_global: ``(R, D)`` distinct normalised reference global vectors, or ``None``
-            when the templates have no reference prompt.
-        reference_local: ``(R, D)`` distinct normalised reference token vectors, or ``None``.
-        reference_index: ``(K,)`` row of each concept's reference in the two tables above.
-    """
-
-    concept_global: torch.Tensor
-    concept_local: torch.Tensor
-    reference_global: torch.Tensor | None = None
-    reference_local: torch.Tensor | None = None
-    reference_index: torch.Tensor | None = None
-
-    def to(self, device: torch.device) -> TextBank:
-        """A copy on ``device``."""
-        return TextBank(*(t.to(device) if t is not None else None for t in (
-            self.concept_global, self.concept_local, self.reference_global,
-            self.reference_local, self.reference_index)))
-
-
-def token_vector(features: TextFeatures, row: int, span: tuple[int, int] | None, mode: str) -> torch.Tensor:
-    """Token vector of one encoded text (not normalised).
-
-    Args:
-        features: Output of :meth:`Backbone.encode_texts`.
-        row: Which text of the batch.
-        span: Character ``[start, end)`` of the concept in the text; ``None`` for all
-            non-special tokens of the text.
-        mode: ``"span"`` (mean over the selected tokens) or ``"last"`` (last position).
-
-    Raises:
-        ValueError: No token of the text falls inside ``span`` (e.g. truncated away).
-    """
-    tokens = features.token_embeds[row].float()
-    if mode == "last":
-        return tokens[-1]
-    offsets = features.offsets[row]
-    real = features.attention_mask[row].bool() & (offsets[:, 1] > offsets[:, 0])
-    if span is not None:
-        start, end = int(span[0]), int(span[1])
-        real = real & (offsets[:, 0] < end) & (offsets[:, 1] > start)
-    if not bool(real.any()):
-        text = features.texts[row] if row < len(features.texts) else f"text #{row}"
-        where = f"characters {span[0]}-{span[1]}" if span is not None else "any token"
-        raise ValueError(f"no token of prompt {text!r} covers {where} (truncated or empty?)")
-    return tokens[real].mean(dim=0)
-
-
-def encode_text_vectors(
-    backbone: Backbone,
-    texts: Sequence[str],
-    spans: Sequence[tuple[int, int] | None],
-    *,
-    text_token: str = "span",
-    batch_size: int = 32,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Encode texts and pick each one's token vector.
-
-    Args:
-        backbone: The backbone.
-        texts: ``N`` texts (duplicates are encoded once).
-        spans: Per text, the concept's character span, or ``None`` for the whole sentence.
-        text_token: ``"span"`` or ``"last"`` (see :func:`token_vector`).
-        batch_size: Texts per call of the text tower.
-
-    Returns:
-        ``(global, local)``: ``(N, D)`` normalised global embeddings (float32, CPU) and
-        ``(N, D)`` token vectors (float32, CPU, not normalised).
-    """
-    unique: dict[tuple[str, tuple[int, int] | None], int] = {}
-    for text, span in zip(texts, spans, strict=True):
-        unique.setdefault((text, None if span is None else (int(span[0]), int(span[1]))), len(unique))
-    keys = list(unique)
-    distinct_texts = list(dict.fromkeys(text for text, _ in keys))
-    by_text: dict[str, list[int]] = {}
-    for index, (text, _) in enumerate(keys):
-        by_text.setdefault(text, []).append(index)
-    globals_: list[torch.Tensor | None] = [None] * len(keys)
-    locals_: list[torch.Tensor | None] = [None] * len(keys)
-    lengths: set[int] = set()
-    for start in range(0, len(distinct_texts), batch_size):
-        chunk = distinct_texts[start:start + batch_size]
-        features = backbone.encode_texts(chunk)
-        lengths.add(int(features.token_embeds.shape[1]))
-        if text_token == "last" and len(lengths) > 1:
-            raise ValueError(
-                f"text_token='last' needs a backbone that pads every text to one fixed length "
-                f"(ConceptCLIP pads to 77); {type(backbone).__name__} returned lengths {sorted(lengths)}"
-            )
-        if not features.texts:
-            features.texts = list(chunk)
-        for row, text in enumerate(chunk):
-            g = features.global_embeds[row].float().cpu()
-            for index in by_text[text]:
-                globals_[index] = g
-                locals_[index] = token_vector(features, row, keys[index][1], text_token).cpu()
-    order = [unique[(t, None if s is None else (int(s[0]), int(s[1])))] for t, s in zip(texts, spans, strict=True)]
-    return torch.stack([globals_[i] for i in order]), torch.stack([locals_[i] for i in order])
-
-
-def _ensemble(vectors: torch.Tensor, groups: Sequence[Sequence[int]]) -> torch.Tensor:
-    """Per group: mean of the L2-normalised rows, renormalised."""
-    normed = F.normalize(vectors, dim=-1)
-    return F.normalize(torch.stack([normed[list(g)].mean(dim=0) for g in groups]), dim=-1)
-
-
-# Text banks memoised per backbone object (weakly) and per (identity, vocabulary, prompts).
-_TEXT_MEMO: weakref.WeakKeyDictionary[Backbone, dict[str, TextBank]] = weakref.WeakKeyDictionary()
-
-
-def clear_text_memo() -> None:
-    """Forget every memoised text bank (e.g. after changing a model's weights in place)."""
-    _TEXT_MEMO.clear()
-
-
-# ----------------------------------------------------------------------------------------------
-# Image side
-# ----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class FeatureBatch:
-    """Image features of one batch of successfully loaded images.
-
-    Attributes:
-        image_ids: Ids of the images, in input order (bad images left out).
-        loaded: The loaded images.
-        global_embeds: ``(b, D)`` in the backbone's dtype.
-        patch_embeds: ``(b, P, D)`` in the backbone's dtype.
-        grid_size: ``(grid_h, grid_w)``.
-    """
-
-    image_ids: list[str]
-    loaded: list[LoadedImage]
-    global_embeds: torch.Tensor
-    patch_embeds: torch.Tensor
-    grid_size: tuple[int, int]
-
-
-def iter_feature_batches(
-    backbone: Backbone,
-    images: Any,
-    *,
-    batch_size: int = 32,
-    cache: FeatureCache | None = None,
-    progress: bool = True,
-    errors: list[dict[str, str]] | None = None,
-    desc: str = "images",
-) -> Iterator[FeatureBatch]:
-    """Load, preprocess and encode images batch by batch, through the feature cache.
-
-    Images that cannot be loaded or preprocessed are skipped and appended to ``errors`` as
-    ``{"image": id, "reason": message}``. Each batch's new features are written to the cache
-    before the batch is yielded, so an interrupted run loses at most the batch in flight.
-
-    Args:
-        backbone: The backbone.
-        images: Anything :func:`~conceptlens.vocab.sources.iter_image_sources` accepts.
-        batch_size: Images per forward pass of the image tower.
-        cache: Optional feature cache.
-        progress: Show a ``tqdm`` progress bar.
-        errors: List to collect bad images into.
-        desc: Progress-bar label.
-
-    Yields:
-        FeatureBatch: one per batch with at least one good image.
-    """
-    if errors is None:
-        errors = []
-    bar = tqdm(total=count_images(images), disable=not progress, unit="img", desc=desc)
-    try:
-        pending: list[tuple[str, Any]] = []
-        for source in iter_image_sources(images):
-            pending.append((source.image_id, source.load))
-            if len(pending) == batch_size:
-                batch = _encode_batch(backbone, pending, cache, errors)
-                bar.update(len(pending))
-                pending = []
-                if batch is not None:
-                    yield batch
-        if pending:
-            batch = _encode_batch(backbone, pending, cache, errors)
-            bar.update(len(pending))
-            if batch is not None:
-                yield batch
-    finally:
-        bar.close()
-
-
-def _reason(error: BaseException) -> str:
-    message = str(error) or type(error).__name__
-    return message if type(error).__name__ in message else f"{type(error).__name__}: {message}"
-
-
-def _encode_batch(
-    backbone: Backbone,
-    pending: list[tuple[str, Any]],
-    cache: FeatureCache | None,
-    errors: list[dict[str, str]],
-) -> FeatureBatch | None:
-    ids: list[str] = []
-    loaded: list[LoadedImage] = []
-    for image_id, load in pending:
-        try:
-            loaded.append(load())
-            ids.append(image_id)
-        except Exception as error:  # noqa: BLE001 - any bad item is reported, the batch goes on
-            errors.append({"image": image_id, "reason": _reason(error)})
-    keys: list[str | None] = [None] * len(ids)
-    found: dict[int, tuple[torch.Tensor, torch.Tensor, tuple[int, int]]] = {}
-    if cache is not None:
-        for i, item in enumerate(loaded):
-            keys[i] = cache.key(image_content_hash(item.image), backbone.identity)
-            hit = cache.get(keys[i], embed_dim=backbone.embed_dim)
-            if hit is not None:
-                found[i] = (hit.global_embed, hit.patch_embeds, hit.grid_size)
-    pixels: list[torch.Tensor] = []
-    to_encode: list[int] = []
-    bad: set[int] = set()
-    for i, item in enumerate(loaded):
-        if i in found:
-            continue
-        try:
-            pixels.append(backbone.preprocess([item.image]))
-            to_encode.append(i)
-        except Exception as error:  # noqa: BLE001
-            errors.append({"image": ids[i], "reason": _reason(error)})
-            bad.add(i)
-    if to_encode:
-        features = backbone.encode_images(torch.cat(pixels))
-        grid = tuple(int(v) for v in features.grid_size)
-        for row, i in enumerate(to_encode):
-            g, p = features.global_embeds[row], features.patch_embeds[row]
-            found[i] = (g, p, grid)
-            if cache is not None and keys[i] is not None:
-                cache.put(keys[i], g, p, grid)
-    keep = [i for i in range(len(loaded)) if i not in bad]
-    if not keep:
-        return None
-    device, dtype = backbone.device, backbone.dtype
-    grids = {found[i][2] for i in keep}
-    if len(grids) != 1:
-        raise RuntimeError(f"images of one batch produced different patch grids: {sorted(grids)}")
-    return FeatureBatch(
-        image_ids=[ids[i] for i in keep],
-        loaded=[loaded[i] for i in keep],
-        global_embeds=torch.stack([found[i][0].to(device=device, dtype=dtype) for i in keep]),
-        patch_embeds=torch.stack([found[i][1].to(device=device, dtype=dtype) for i in keep]),
-        grid_size=grids.pop(),
-    )
-
-
-# ----------------------------------------------------------------------------------------------
 # The scorer
 # ----------------------------------------------------------------------------------------------
 
@@ -503,10 +256,17 @@ class ConceptScorer:
         vocabulary: A :class:`~conceptlens.vocab.ConceptVocabulary`.
         mode, alpha, aggregation, top_k, calibration, text_token, synonyms, templates:
             See :class:`ScoringConfig`.
-        batch_size: Images per image-tower pass (and texts per text-tower pass).
-        cache_dir: Folder for an on-disk :class:`~conceptlens.vocab.cache.FeatureCache`.
+        batch_size: Images per image-tower pass (and texts per text-tower pass); ``"auto"``
+            picks one (32 on a CPU, the largest that fits, halved, on CUDA).
+        cache_dir: Folder for an on-disk :class:`~conceptlens.vocab.cache.FeatureCache` (the
+            sharded feature store; text banks are kept in it too).
         cache: A ready :class:`~conceptlens.vocab.cache.FeatureCache` (instead of ``cache_dir``).
-        progress: Show ``tqdm`` progress bars.
+        progress: Show ``tqdm`` progress bars (images/s).
+        num_workers: DataLoader worker processes that decode, hash and resize images
+            (``"auto"``: none for a few batches, else up to 4).
+        text_cache_dir: Folder for text banks (default: ``text/`` inside the feature store,
+            none without one); a second process scoring the same vocabulary then runs the
+            text tower zero times.
         preset: Name recorded in the configuration (set by :meth:`from_preset`).
         reference: Reference set of the out-of-distribution check: ``"default"`` for the
             reference shipped with the backbone's weights if there is one (the demo model
@@ -553,14 +313,15 @@ class ConceptScorer:
         text_token: str = "span",
         templates: Any = None,
         synonyms: bool = True,
-        batch_size: int = 32,
+        batch_size: int | str = 32,
         cache_dir: Any = None,
         cache: FeatureCache | None = None,
         progress: bool = True,
         preset: str | None = None,
+        num_workers: int | str = "auto",
+        text_cache_dir: Any = None,
         reference: EmbeddingReference | str | None = "default",
         input_checks: InputChecks | None = InputChecks(),  # noqa: B008 - frozen, immutable
-        calibrator: Any = None,
     ) -> None:
         if not isinstance(backbone, Backbone):
             raise TypeError(f"backbone must be a conceptlens Backbone, got {type(backbone).__name__}")
@@ -570,8 +331,9 @@ class ConceptScorer:
             )
         if len(vocabulary) == 0:
             raise ValueError("vocabulary has no concepts")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
+        if batch_size != "auto" and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                     or batch_size < 1):
+            raise ValueError(f"batch_size must be a positive int or 'auto'; got {batch_size!r}")
         if cache is not None and cache_dir is not None:
             raise ValueError("pass either cache_dir or cache, not both")
         self.backbone = backbone
@@ -583,6 +345,13 @@ class ConceptScorer:
         self.batch_size = batch_size
         self.cache = cache if cache is not None else (FeatureCache(cache_dir) if cache_dir is not None else None)
         self.progress = progress
+        self.num_workers = num_workers
+        if text_cache_dir is not None:
+            self.text_store: TextBankStore | None = TextBankStore(text_cache_dir)
+        elif self.cache is not None:
+            self.text_store = TextBankStore(self.cache.text_dir)
+        else:
+            self.text_store = None
         if isinstance(reference, str):
             if reference != "default":
                 raise ValueError(f"reference must be 'default', None or an EmbeddingReference; got {reference!r}")
@@ -593,9 +362,6 @@ class ConceptScorer:
         if input_checks is not None and not isinstance(input_checks, InputChecks):
             raise TypeError(f"input_checks must be an InputChecks or None, got {type(input_checks).__name__}")
         self.input_checks = input_checks
-        # A fitted conceptlens.vocab.calibration.ConceptCalibrator (per-concept Platt /
-        # isotonic from concept labels), applied to score() and score_tensor(); None: raw.
-        self.calibrator = calibrator
 
     # -- construction ---------------------------------------------------------------------
 
@@ -670,8 +436,10 @@ class ConceptScorer:
         """
         ids: list[str] = []
         rows: list[torch.Tensor] = []
-        for batch in iter_feature_batches(self.backbone, images, batch_size=self.batch_size, cache=self.cache,
-                                          progress=self.progress, desc="embedding images"):
+        for batch in iter_feature_batches(self.backbone, images, batch_size=self.image_batch_size(),
+                                          cache=self.cache, progress=self.progress,
+                                          desc="embedding images", need_patches=False,
+                                          num_workers=self.num_workers):
             rows.append(batch.global_embeds.float().cpu())
             ids.extend(batch.image_ids)
         values = torch.cat(rows).numpy() if rows else torch.empty(0, self.backbone.embed_dim).numpy()
@@ -682,9 +450,13 @@ class ConceptScorer:
         found: list[dict[str, str]] = []
         if self.input_checks is not None:
             color = expects_color(self.vocabulary)
-            for image_id, item in zip(batch.image_ids, batch.loaded, strict=True):
-                for kind, message in check_image(item.image, self.backbone.image_size, self.input_checks,
-                                                 expect_color=color, grid_size=batch.grid_size):
+            for image_id, row in zip(batch.image_ids, batch.stats, strict=True):
+                if row is None:
+                    continue
+                stats = {"mean": row[2], "std": row[3], "chroma_mean": row[4], "chroma_p99": row[5]}
+                for kind, message in check_statistics(
+                        (int(row[0]), int(row[1])), stats, self.backbone.image_size, self.input_checks,
+                        expect_color=color, grid_size=batch.grid_size):
                     found.append({"image_id": image_id, "kind": kind, "message": message})
         if self.reference is not None:
             distances = self.reference.score(batch.global_embeds.float().cpu().numpy())
@@ -725,73 +497,43 @@ class ConceptScorer:
         return {c.id: c.name for c in self.vocabulary}
 
     def text_bank(self) -> TextBank:
-        """Ensembled text vectors of the vocabulary (computed once, then memoised)."""
-        memo = _TEXT_MEMO.setdefault(self.backbone, {})
-        # The vocabulary hash ignores its modality, which picks the default templates.
-        modality = getattr(self.vocabulary, "modality", "")
-        key = f"{self.backbone.identity.key}|{self.vocabulary.hash}|{modality}|{self.config.prompt_key()}"
+        """Ensembled text vectors of the vocabulary: from memory, else from the text-bank store
+        on disk, else computed (and kept in both)."""
+        memo = memo_for(self.backbone)
+        key = bank_key(self.backbone, self.vocabulary, self.config.prompt_key())
+        need_reference = self.config.calibration == "paired_softmax"
         bank = memo.get(key)
-        if bank is None or (self.config.calibration == "paired_softmax" and bank.reference_global is None):
-            # A bank memoised for another calibration may lack references; rebuilding raises
-            # the clear error naming the concept without one.
-            bank = self._build_text_bank()
-            memo[key] = bank
+        if bank is not None and not (need_reference and bank.reference_global is None):
+            return bank
+        # A bank without references (stored for another calibration) is rebuilt when one is
+        # needed: rebuilding raises the clear error naming the concept without one.
+        if self.text_store is not None:
+            bank = self.text_store.get(key, n_concepts=len(self.vocabulary),
+                                       embed_dim=int(self.backbone.embed_dim))
+        if bank is None or (need_reference and bank.reference_global is None):
+            bank = build_text_bank(
+                self.backbone, self.vocabulary, templates=self.config.templates,
+                synonyms=self.config.synonyms, text_token=self.config.text_token,
+                need_reference=need_reference, batch_size=self.text_batch_size(),
+            )
+            # concepts learned from example images (issue 15): learned vectors replace text ones
+            from conceptlens.vocab.examples import apply_learned_vectors
+
+            bank = apply_learned_vectors(self.backbone, self.vocabulary, bank)
+            if self.text_store is not None:
+                self.text_store.put(key, bank)
+        memo[key] = bank
         return bank
 
-    def _build_text_bank(self) -> TextBank:
-        from conceptlens.vocab.prompts import build_prompts
+    def image_batch_size(self) -> int:
+        """Images per forward pass (``batch_size``, resolved once when ``"auto"``)."""
+        if self.batch_size == "auto":
+            self.batch_size = auto_batch_size(self.backbone)
+        return int(self.batch_size)
 
-        prompts = build_prompts(
-            self.vocabulary,
-            list(self.config.templates) if self.config.templates is not None else None,
-            synonyms=self.config.synonyms,
-        )
-        texts: list[str] = []
-        spans: list[tuple[int, int] | None] = []
-        concept_rows: list[list[int]] = []
-        reference_rows: list[list[int]] = []
-        missing_reference: str | None = None
-        for concept in self.vocabulary:
-            own = prompts.get(concept.id) or []
-            if not own:
-                raise ValueError(f"no prompt was built for concept {concept.id!r} ({concept.name!r})")
-            rows, refs = [], []
-            for prompt in own:
-                rows.append(len(texts))
-                texts.append(prompt.text)
-                spans.append(tuple(prompt.span))
-                if prompt.reference:
-                    refs.append(len(texts))
-                    texts.append(prompt.reference)
-                    spans.append(None)
-                elif missing_reference is None:
-                    missing_reference = f"concept {concept.id!r}, prompt {prompt.text!r}"
-            concept_rows.append(rows)
-            reference_rows.append(refs)
-        if self.config.calibration == "paired_softmax" and missing_reference is not None:
-            raise ValueError(
-                f"calibration='paired_softmax' needs a reference prompt for every template; "
-                f"none for {missing_reference}"
-            )
-        global_vecs, local_vecs = encode_text_vectors(
-            self.backbone, texts, spans, text_token=self.config.text_token, batch_size=self.batch_size
-        )
-        bank = TextBank(
-            concept_global=_ensemble(global_vecs, concept_rows),
-            concept_local=_ensemble(local_vecs, concept_rows),
-        )
-        if missing_reference is None:
-            ref_global = _ensemble(global_vecs, reference_rows)
-            ref_local = _ensemble(local_vecs, reference_rows)
-            both = torch.cat([ref_global, ref_local], dim=1)
-            distinct, inverse = torch.unique(both, dim=0, return_inverse=True)
-            dim = ref_global.shape[1]
-            bank.reference_global = distinct[:, :dim].contiguous()
-            bank.reference_local = distinct[:, dim:].contiguous()
-            bank.reference_index = inverse
-        from conceptlens.vocab.examples import apply_learned_vectors  # concepts from examples
-
-        return apply_learned_vectors(self.backbone, self.vocabulary, bank)
+    def text_batch_size(self) -> int:
+        """Texts per text-tower pass."""
+        return 32 if self.batch_size == "auto" else int(self.batch_size)
 
     # -- scoring core ---------------------------------------------------------------------
 
@@ -827,26 +569,63 @@ class ConceptScorer:
         pair = torch.stack([cos, ref], dim=-1) * backbone.logit_scale
         return pair.softmax(dim=-1)[..., 0]
 
-    def _local_scores(self, bank: TextBank, patches: torch.Tensor) -> torch.Tensor:
-        concept, reference = self._patch_cosines(bank, patches)
-        agg = self._aggregate(concept)
+    def _local_scores(self, bank: TextBank, patches: torch.Tensor | None,
+                      patch_mean: torch.Tensor | None = None) -> torch.Tensor:
+        paired = self.config.calibration == "paired_softmax"
+        if self.config.aggregation == "mean":
+            # The mean of the patch cosines is the mean normalised patch token dotted with the
+            # concept vector: one product, and no patch token needed from the feature store.
+            mean = patch_mean.float() if patch_mean is not None else patch_mean_of(patches)
+            agg = mean @ bank.concept_local.T
+            ref = (mean @ bank.reference_local.T)[:, bank.reference_index] if paired else None
+        else:
+            concept, reference = self._patch_cosines(bank, patches)
+            agg = self._aggregate(concept)
+            ref = self._aggregate(reference) if paired else None
         backbone, how = self.backbone, self.config.calibration
         if how == "cosine":
             return agg
         if how == "sigmoid":
             return torch.sigmoid(backbone.concept_logit_scale * agg + backbone.concept_logit_bias)
-        pair = torch.stack([agg, self._aggregate(reference)], dim=-1) * backbone.concept_logit_scale
+        pair = torch.stack([agg, ref], dim=-1) * backbone.concept_logit_scale
         return pair.softmax(dim=-1)[..., 0]
 
-    def _scores_from_features(self, global_embeds: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+    def _scores_from_features(self, global_embeds: torch.Tensor, patches: torch.Tensor | None,
+                              patch_mean: torch.Tensor | None = None) -> torch.Tensor:
         bank = self.text_bank().to(global_embeds.device)
         cfg = self.config
         if cfg.mode == "global":
             return self._global_scores(bank, global_embeds)
         if cfg.mode == "local":
-            return self._local_scores(bank, patches)
+            return self._local_scores(bank, patches, patch_mean)
+        if not cfg.uses_local:
+            return self._global_scores(bank, global_embeds)
+        if not cfg.uses_global:
+            return self._local_scores(bank, patches, patch_mean)
         return cfg.alpha * self._global_scores(bank, global_embeds) + (1 - cfg.alpha) * self._local_scores(
-            bank, patches
+            bank, patches, patch_mean
+        )
+
+    @property
+    def needs_patches(self) -> bool:
+        """Whether scores need patch tokens (not for global scores or ``"mean"`` aggregation,
+        which read the stored patch mean)."""
+        return self.config.uses_local and self.config.aggregation != "mean"
+
+    def score_batch(self, batch: FeatureBatch) -> tuple[torch.Tensor, list[dict[str, str]]]:
+        """Scores ``(b, K)`` (float32, CPU) and input warnings of one :class:`FeatureBatch`."""
+        with torch.no_grad():
+            values = self._scores_from_features(batch.global_embeds, batch.patch_embeds,
+                                                batch.patch_mean).float().cpu()
+        return values, self._input_warnings(batch)
+
+    def iter_batches(self, images: Any, *, errors: list[dict[str, str]] | None = None,
+                     desc: str = "scoring images") -> Any:
+        """The :class:`FeatureBatch` es :meth:`score` scores (what its feature pipeline reads)."""
+        return iter_feature_batches(
+            self.backbone, images, batch_size=self.image_batch_size(), cache=self.cache,
+            progress=self.progress, errors=errors, desc=desc, need_patches=self.needs_patches,
+            need_stats=self.input_checks is not None, num_workers=self.num_workers,
         )
 
     def _patch_scores_from_features(self, patches: torch.Tensor) -> torch.Tensor:
@@ -861,13 +640,19 @@ class ConceptScorer:
 
     # -- public scoring -------------------------------------------------------------------
 
-    def score(self, images: Any) -> ConceptScores:
+    def score(self, images: Any, *, engine: str = "local", address: str | None = None,
+              ray_workers: int | None = None) -> ConceptScores:
         """Score images against every concept of the vocabulary.
 
         Args:
             images: Paths, a folder, a CSV manifest, PIL images, arrays, tensors, a mapping
                 ``{id: image}``, any iterable or a torch ``Dataset`` (see
                 :func:`~conceptlens.vocab.sources.iter_image_sources`).
+            engine: ``"local"`` (this process plus DataLoader workers) or ``"ray"`` (Ray Data
+                across a cluster's actors, extra ``ray``; see
+                :mod:`conceptlens.vocab.ray_engine`): the same numbers either way.
+            address: Ray cluster address for ``engine="ray"`` (default: a local Ray).
+            ray_workers: Actors for ``engine="ray"`` (default: one per GPU, else 2).
 
         Returns:
             ConceptScores: ``(n_images, n_concepts)`` table indexed by image id with the
@@ -879,29 +664,23 @@ class ConceptScorer:
                 :class:`~conceptlens.errors.InputQualityWarning` whose ``warnings``
                 attribute holds the same frame as the result's).
         """
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(map(repr, ENGINES))}; got {engine!r}")
         self.text_bank()
-        errors: list[dict[str, str]] = []
-        found: list[dict[str, str]] = []
-        ids: list[str] = []
-        rows: list[torch.Tensor] = []
-        for batch in iter_feature_batches(
-            self.backbone, images, batch_size=self.batch_size, cache=self.cache,
-            progress=self.progress, errors=errors, desc="scoring images",
-        ):
-            with torch.no_grad():
-                rows.append(self._scores_from_features(batch.global_embeds, batch.patch_embeds).cpu())
-            ids.extend(batch.image_ids)
-            found.extend(self._input_warnings(batch))
-        values = torch.cat(rows).double().numpy() if rows else torch.empty(0, len(self.vocabulary)).numpy()
-        extra: dict[str, str] = {}
-        if self.calibrator is not None:
-            values = self.calibrator.transform_array(values, self.concept_ids)
-            extra = {"concept_calibration": self.calibrator.method}
+        if engine == "ray":
+            from conceptlens.vocab.ray_engine import score_with_ray
+
+            ids, values, errors, found = score_with_ray(self, images, address=address,
+                                                        num_workers=ray_workers)
+        else:
+            if address is not None:
+                raise ValueError("address= is only used with engine='ray'")
+            ids, values, errors, found = self._score_local(images)
         table = pd.DataFrame(values, index=pd.Index(ids, name="image", dtype=object),
                              columns=pd.Index(self.concept_ids, dtype=object))
         scores = ConceptScores(
             table=table,
-            config={**self.config.to_dict(), "batch_size": self.batch_size, **extra},
+            config={**self.config.to_dict(), "batch_size": self.text_batch_size()},
             backbone=self.backbone.identity.to_dict(),
             vocabulary_hash=self.vocabulary.hash,
             concept_names=self.concept_names,
@@ -918,6 +697,20 @@ class ConceptScorer:
             ), stacklevel=2)
         return scores
 
+    def _score_local(self, images: Any) -> tuple[list[str], np.ndarray, list[dict[str, str]],
+                                                 list[dict[str, str]]]:
+        errors: list[dict[str, str]] = []
+        found: list[dict[str, str]] = []
+        ids: list[str] = []
+        rows: list[torch.Tensor] = []
+        for batch in self.iter_batches(images, errors=errors):
+            values, warned = self.score_batch(batch)
+            rows.append(values)
+            ids.extend(batch.image_ids)
+            found.extend(warned)
+        values = torch.cat(rows).double().numpy() if rows else np.empty((0, len(self.vocabulary)))
+        return ids, values, errors, found
+
     def score_tensor(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Concept scores of preprocessed images, differentiable w.r.t. ``pixel_values``.
 
@@ -931,10 +724,7 @@ class ConceptScorer:
             ``(B, K)`` float32 tensor, columns in vocabulary order.
         """
         features = self._forward(pixel_values)
-        out = self._scores_from_features(features.global_embeds, features.patch_embeds)
-        if self.calibrator is not None:
-            out = self.calibrator.transform_tensor(out, self.concept_ids)
-        return out
+        return self._scores_from_features(features.global_embeds, features.patch_embeds)
 
     def patch_scores_tensor(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Per-patch local scores, differentiable w.r.t. ``pixel_values``.
@@ -991,14 +781,15 @@ class ConceptScorer:
         errors: list[dict[str, str]] = []
         batches = list(iter_feature_batches(
             self.backbone, {first.image_id: loaded.image}, batch_size=1, cache=self.cache,
-            progress=False, errors=errors,
+            progress=False, errors=errors, num_workers=0,
         ))
         if not batches:
             raise ValueError(f"cannot compute features of image {first.image_id!r}: {errors[0]['reason']}")
         batch = batches[0]
         with torch.no_grad():
             patch = self._patch_scores_from_features(batch.patch_embeds)[0, indices]
-            scores = self._scores_from_features(batch.global_embeds, batch.patch_embeds)[0, indices]
+            scores = self._scores_from_features(batch.global_embeds, batch.patch_embeds,
+                                                batch.patch_mean)[0, indices]
         grid_h, grid_w = batch.grid_size
         ids = self.concept_ids
         names = self.concept_names
@@ -1049,30 +840,4 @@ def _check_reference(reference: Any) -> None:
         raise TypeError(f"reference must be an EmbeddingReference, got {type(reference).__name__}")
     if not reference.is_fitted:
         raise ValueError("reference is not fitted; call reference.fit(embeddings) or scorer.set_reference(images)")
-
-
-def patch_size_of(backbone: Backbone, grid_size: tuple[int, int]) -> tuple[int, int]:
-    """``(patch_h, patch_w)`` in input pixels: ``backbone.patch_size`` when the backbone has
-    one, else the largest patch that fits, ``image_size // grid`` (ConceptCLIP: ``384 // 27 = 14``).
-    """
-    height, width = (int(v) for v in backbone.image_size)
-    patch = getattr(backbone, "patch_size", None)
-    if patch is None:
-        return height // grid_size[0], width // grid_size[1]
-    if isinstance(patch, (tuple, list)):
-        return int(patch[0]), int(patch[1])
-    return int(patch), int(patch)
-
-
-def covered_fraction(backbone: Backbone, grid_size: tuple[int, int]) -> tuple[float, float]:
-    """Fraction ``(rows, cols)`` of the model input covered by the patch grid.
-
-    See :func:`patch_size_of` for the patch size (ConceptCLIP: ``27 * 14 / 384``).
-    """
-    height, width = (int(v) for v in backbone.image_size)
-    patch_h, patch_w = patch_size_of(backbone, grid_size)
-    return (
-        min(1.0, grid_size[0] * patch_h / height),
-        min(1.0, grid_size[1] * patch_w / width),
-    )
 

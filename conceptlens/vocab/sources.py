@@ -42,7 +42,7 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -87,10 +87,15 @@ class ImageSource:
             :class:`~conceptlens.models.images.LoadedImage`; raises
             :class:`~conceptlens.models.images.ImageLoadError` (or another exception) when the
             image cannot be read.
+        path: The image file, when the image comes from one (lets a feature store recognise
+            a file it has seen by its size and modification time, without opening it).
+        frame: The ``frame`` option the file is read with.
     """
 
     image_id: str
     load: Callable[[], LoadedImage]
+    path: str | None = None
+    frame: int | None = None
 
 
 def iter_image_sources(
@@ -143,7 +148,7 @@ def iter_image_sources(
         count = seen.get(source.image_id, 0) + 1
         seen[source.image_id] = count
         if count > 1:
-            source = ImageSource(f"{source.image_id}#{count}", source.load)
+            source = replace(source, image_id=f"{source.image_id}#{count}")
         yield source
 
 
@@ -342,13 +347,17 @@ def _item_source(default_id: str, item: Any, *, infer_id: bool = False,
             image_id = next((str(item[k]) for k in _MANIFEST_ID_COLUMNS if k in item), default_id)
             if image_id == default_id and isinstance(item.get("path"), (str, os.PathLike)):
                 image_id = str(item["path"])
-    return ImageSource(image_id, lambda: _load_item(item, image_id, frame=frame))
+    path = os.path.abspath(item) if isinstance(item, (str, os.PathLike)) else None
+    return ImageSource(image_id, lambda: _load_item(item, image_id, frame=frame), path=path,
+                       frame=frame if path is not None else None)
 
 
 def _single(image_id: str, source: Any, *, frame: int | None = None) -> ImageSource:
+    path = os.path.abspath(source) if isinstance(source, (str, os.PathLike)) else None
     if frame is None:
-        return ImageSource(image_id, lambda: load_image(source))
-    return ImageSource(image_id, lambda: load_image(source, default_frame=frame))
+        return ImageSource(image_id, lambda: load_image(source), path=path)
+    return ImageSource(image_id, lambda: load_image(source, default_frame=frame), path=path,
+                       frame=frame)
 
 
 def _load_item(item: Any, where: str, *, frame: int | None = None) -> LoadedImage:
