@@ -83,3 +83,14 @@ def test_report_in_headless_browser(tmp_path):
     assert result["pwned"] is None and result["n_scripts"] == 0
     assert "<script>window.__pwned=1</script>" in result["text"]
     assert (tmp_path / "shot.png").stat().st_size > 1000
+
+
+def test_readme_shows_the_three_report_screenshots():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text()
+    for name in ("explanation", "dataset", "audit"):
+        shot = root / "docs" / f"{name}.png"
+        assert f"](docs/{name}.png)" in readme and shot.stat().st_size > 20_000
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
