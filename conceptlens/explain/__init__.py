@@ -6,6 +6,8 @@
   ``.map`` lies on the original image's pixel grid, converged by default and carrying its
   evidence (baseline, ``f(baseline)``, steps, completeness gap, verdict);
 * :func:`faithfulness_card` -- that evidence plus a deletion check against random maps;
+* :func:`tcav` -- class sensitivity to concepts learned from example images (TCAV, with
+  random-concept runs and a significance test);
 * :func:`concept_maps` -- the scorer's patch maps for many concepts from one forward pass;
 * :mod:`conceptlens.explain.metrics` -- deletion / insertion, pointing games, map AUROC,
   IG completeness, the model-randomisation sanity check;
@@ -37,6 +39,7 @@ from conceptlens.explain.targets import (
     UnknownConceptError,
     resolve_target,
 )
+from conceptlens.explain.tcav import TCAVResult, tcav
 
 _PLOTS = (
     "plot_concept_bars",
@@ -57,6 +60,7 @@ __all__ = [
     "ClassTarget",
     "ConceptTarget",
     "PromptTarget",
+    "TCAVResult",
     "Target",
     "TargetError",
     "UnknownClassError",
@@ -67,6 +71,7 @@ __all__ = [
     "faithfulness_card",
     "metrics",
     "resolve_target",
+    "tcav",
     *_PLOTS,
 ]
 
