@@ -12,6 +12,14 @@ numbers to read are ratios, not absolute claims.
    start), unless ``--skip-cold``.
 2. **Association bottleneck**: training time (full-batch Adam) to reach the sparse model's
    held-out accuracy, doubling the number of epochs until it does.
+3. **Cross-validated path vs scikit-learn** (``--vs-sklearn``, issue 13): the full
+   ``SparseLinearBottleneck`` fit (path + 5-fold CV + selection) vs
+   ``LogisticRegressionCV(l1_ratios=(1,), solver="saga", cv=5)`` on standardised features,
+   on scikit-learn's breast-cancer and digits sets and a 200-concept synthetic set (5,000
+   rows, 3 classes), 70/30 stratified split; ratio = ours / scikit-learn per repeat (same
+   process, alternating order), with held-out accuracies. Two configurations of ours: the
+   defaults (20 penalties over three decades, up to 1,000 SAGA epochs per fit) and the
+   budget of scikit-learn's defaults (10 penalties, 100 epochs, same tolerance).
 
 Both run single-threaded (``torch.set_num_threads(1)``, SAGA is single-threaded anyway) so the
 comparison is like for like and stable on a shared machine; ``--threads`` changes that.
@@ -20,11 +28,13 @@ Usage::
 
     python benchmarks/bench_bottleneck.py --json
     python benchmarks/bench_bottleneck.py --n-samples 2000 --n-concepts 50 --json   # quick
+    python benchmarks/bench_bottleneck.py --vs-sklearn --repeats 3 --json            # issue 13
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 import warnings
@@ -115,6 +125,72 @@ def bench_association(data: dict[str, Any], target: float, max_epochs: int) -> d
     }
 
 
+def sklearn_sets(seed: int = 0) -> dict[str, tuple]:
+    """``name -> (X_train, X_test, y_train, y_test)`` for the comparison with scikit-learn."""
+    from sklearn.datasets import load_breast_cancer, load_digits
+    from sklearn.model_selection import train_test_split
+
+    out = {}
+    for name, loader in (("breast_cancer", load_breast_cancer), ("digits", load_digits)):
+        X, y = loader(return_X_y=True)
+        out[name] = tuple(train_test_split(X, y, test_size=0.3, random_state=seed, stratify=y))
+    d = make_data(5000, 200, seed=seed)
+    out["synthetic_200"] = (d["X_train"], d["X_test"], d["y_train"], d["y_test"])
+    return out
+
+
+def bench_vs_sklearn(repeats: int, n_jobs: int | None = None) -> dict[str, Any]:
+    """The CV path vs ``LogisticRegressionCV(saga)``: ratios per repeat and their spread."""
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.preprocessing import StandardScaler
+
+    configs = {
+        "default": {},
+        "sklearn_budget": {"Cs": 10, "max_iter": 100},
+    }
+    result: dict[str, Any] = {}
+    for name, (Xtr, Xte, ytr, yte) in sklearn_sets().items():
+        scaler = StandardScaler().fit(Xtr)
+        Ztr, Zte = scaler.transform(Xtr), scaler.transform(Xte)
+        rows: dict[str, Any] = {}
+        for label, params in configs.items():
+            ratios, ours_s, theirs_s = [], [], []
+            for r in range(repeats):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    ours = SparseLinearBottleneck(n_jobs=n_jobs, **params)
+                    theirs = LogisticRegressionCV(l1_ratios=(1,), solver="saga", cv=5,
+                                                  random_state=0, n_jobs=n_jobs)
+                    first = functools.partial(ours.fit, Xtr, ytr)
+                    second = functools.partial(theirs.fit, Ztr, ytr)
+                    if r % 2:  # alternate the order against drift on a shared machine
+                        t_b, _ = _timed(second)
+                        t_a, _ = _timed(first)
+                    else:
+                        t_a, _ = _timed(first)
+                        t_b, _ = _timed(second)
+                ours_s.append(t_a)
+                theirs_s.append(t_b)
+                ratios.append(t_a / t_b)
+            rows[label] = {
+                "params": params,
+                "ratio_median": float(np.median(ratios)),
+                "ratio_min": float(np.min(ratios)),
+                "ratio_max": float(np.max(ratios)),
+                "ratios": ratios,
+                "ours_seconds": ours_s,
+                "sklearn_seconds": theirs_s,
+                "ours_accuracy": float(ours.score(Xte, yte)),
+                "sklearn_accuracy": float(theirs.score(Zte, yte)),
+                "accuracy_gap": float(ours.score(Xte, yte) - theirs.score(Zte, yte)),
+                "ours_n_concepts": int((ours.coef_ != 0).any(axis=0).sum()),
+                "sklearn_n_concepts": int((theirs.coef_ != 0).any(axis=0).sum()),
+                "ours_n_penalties_fitted": int(len(ours.Cs_)),
+            }
+        result[name] = {"shape": list(Xtr.shape), **rows}
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-samples", type=int, default=10_000)
@@ -126,8 +202,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--skip-cold", action="store_true", help="skip the 20 cold-start fits")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--vs-sklearn", action="store_true",
+                        help="only the CV path vs LogisticRegressionCV(saga) comparison")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats for --vs-sklearn")
+    parser.add_argument("--n-jobs", type=int, default=None, help="n_jobs of both, --vs-sklearn")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.vs_sklearn:
+        result = {"vs_sklearn": bench_vs_sklearn(args.repeats, args.n_jobs),
+                  "n_jobs": args.n_jobs, "repeats": args.repeats}
+        if args.json:
+            print(json.dumps(result, indent=1))
+        else:
+            for name, rows in result["vs_sklearn"].items():
+                for label, row in rows.items():
+                    if label == "shape":
+                        continue
+                    print(f"{name} {label}: ratio {row['ratio_median']:.2f} "
+                          f"[{row['ratio_min']:.2f}, {row['ratio_max']:.2f}], accuracy "
+                          f"{row['ours_accuracy']:.3f} vs {row['sklearn_accuracy']:.3f}")
+        return result
 
     data = make_data(args.n_samples, args.n_concepts)
     sparse = bench_sparse(data, args.n_penalties, cold=not args.skip_cold)

@@ -21,6 +21,7 @@ __all__ = ["EmptyModelWarning", "SparseLinearBottleneck"]
 
 _PATH_SPAN = 1e3  # the automatic grid spans this factor above the smallest useful C
 _MAX_BISECTIONS = 40  # refinements of C looking for exactly max_concepts concepts
+_MIN_GAIN = 1e-3  # relative CV improvement that resets the patience counter
 
 
 class EmptyModelWarning(ConceptlensWarning):
@@ -32,11 +33,25 @@ class SparseLinearBottleneck(ConceptBottleneckBase):
     """Multinomial (or binary) logistic regression on standardised concept scores, sparse.
 
     The model is fitted along a regularisation path of ``C`` values (strong to weak penalty,
-    each fit warm-started from the previous one). The selected model is the best one on the
-    path (by cross-validated ``scoring`` when ``cv`` is set, else the least regularised) among
-    those that use at most ``max_concepts`` concepts for every class. With ``max_concepts``
-    set, the path stops at the first penalty whose model exceeds it (weaker penalties would
-    only add concepts, and they are the slowest fits).
+    each fit warm-started from the previous one; the full data and the ``cv`` folds walk the
+    path together, their fits at one ``C`` in parallel threads with ``n_jobs``).
+
+    Selection rule:
+
+    * ``max_concepts=k``: the path stops at the first penalty whose model exceeds ``k``
+      concepts (weaker penalties only add concepts, and they are the slowest fits); if the
+      grid jumped over ``k``, ``C`` is bisected (in log scale) between the last model below
+      ``k`` and the first above until a model with exactly ``k`` is found and added to the
+      path. Among the admissible models (at most ``k`` per class), the selected one is the
+      richest whose cross-validated score is within one standard error of the best (the
+      budget was stated: fewer concepts are taken only when they are clearly better); without
+      ``cv``, the least regularised admissible one. So ``max_concepts=k`` gives exactly ``k``
+      concepts whenever some penalty does and more concepts do not clearly hurt.
+    * ``max_concepts=None``: the best cross-validated model (ties: the sparser); the path
+      stops once the mean validation score has not improved for ``patience`` penalties.
+    * Never silently empty: when the best model is the intercept-only one, the best model
+      with concepts within one standard error of it is taken instead; if there is none, the
+      intercept-only model is kept and :class:`EmptyModelWarning` says so.
 
     Args:
         Cs: Number of ``C`` values (log-spaced from the smallest ``C`` whose model is all zero,
@@ -57,6 +72,9 @@ class SparseLinearBottleneck(ConceptBottleneckBase):
             or ``"logit"`` (log-odds; for probabilities, e.g. ``calibration="sigmoid"``
             scores). Applied in ``fit`` and in everything that reads scores afterwards, and
             saved with the model.
+        patience: Without ``max_concepts``: stop the path once the mean cross-validated
+            score has not improved for this many penalties (``None``: the whole grid).
+        n_jobs: Threads for the fits of one penalty (full data and folds); ``None``: 1.
 
     Attributes:
         coef_: ``(n_outputs, n_concepts)`` weights in ORIGINAL score units, so that
@@ -97,6 +115,8 @@ class SparseLinearBottleneck(ConceptBottleneckBase):
         tol: float = 1e-4,
         random_state: int | None = 0,
         input_transform: str = "identity",
+        patience: int | None = 4,
+        n_jobs: int | None = None,
     ) -> None:
         self.Cs = Cs
         self.l1_ratio = l1_ratio
@@ -109,6 +129,8 @@ class SparseLinearBottleneck(ConceptBottleneckBase):
         self.tol = tol
         self.random_state = random_state
         self.input_transform = input_transform
+        self.patience = patience
+        self.n_jobs = n_jobs
 
     # ------------------------------------------------------------------ checks
     def _check_params(self) -> None:
@@ -120,6 +142,9 @@ class SparseLinearBottleneck(ConceptBottleneckBase):
             raise ValueError(f"max_concepts must be None or an integer >= 0, got {self.max_concepts!r}")
         if self.cv is not None and (not isinstance(self.cv, Integral) or self.cv < 1):
             raise ValueError(f"cv must be None or an integer >= 1, got {self.cv!r}")
+        if self.patience is not None and (not isinstance(self.patience, Integral)
+                                          or self.patience < 1):
+            raise ValueError(f"patience must be None or an integer >= 1, got {self.patience!r}")
         if self.scoring not in ("log_loss", "accuracy"):
             raise ValueError(f"scoring must be 'log_loss' or 'accuracy', got {self.scoring!r}")
         if isinstance(self.Cs, Integral):
@@ -156,29 +181,13 @@ class SparseLinearBottleneck(ConceptBottleneckBase):
             random_state=self.random_state,
         )
 
-    @staticmethod
-    def _fit_at(lr: LogisticRegression, Z: np.ndarray, y: np.ndarray, C: float) -> int:
-        """Fit ``lr`` at ``C`` (warm-started from whatever ``lr`` holds); unconverged count."""
+    def _fit_at(self, lr: LogisticRegression, Z: np.ndarray, y: np.ndarray, C: float) -> int:
+        """Fit ``lr`` at ``C`` (warm-started from whatever ``lr`` holds); 1 if it stopped at
+        ``max_iter``. Thread-safe: no warning filters are touched here (the caller silences
+        scikit-learn's ConvergenceWarning and reports one summary)."""
         lr.set_params(C=float(C))
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ConvergenceWarning)
-            lr.fit(Z, y)
-        return sum(issubclass(w.category, ConvergenceWarning) for w in caught)
-
-    def _fit_path(
-        self, Z: np.ndarray, y: np.ndarray, Cs: np.ndarray, stop_above: int | None = None
-    ) -> tuple:
-        lr = self._solver(Cs[0])
-        coefs, intercepts, n_iters = [], [], []
-        n_unconverged = 0
-        for c in Cs:
-            n_unconverged += self._fit_at(lr, Z, y, c)
-            coefs.append(lr.coef_.copy())
-            intercepts.append(lr.intercept_.copy())
-            n_iters.append(int(np.max(lr.n_iter_)))
-            if stop_above is not None and (lr.coef_ != 0).sum(axis=1).max() > stop_above:
-                break
-        return np.stack(coefs), np.stack(intercepts), n_iters, n_unconverged
+        lr.fit(Z, y)
+        return int(np.max(lr.n_iter_) >= self.max_iter)
 
     def _refine_to_k(
         self, Z: np.ndarray, y: np.ndarray, Cs: np.ndarray, coefs: np.ndarray,
@@ -245,30 +254,94 @@ class SparseLinearBottleneck(ConceptBottleneckBase):
         p = np.clip(softmax(d, axis=1)[np.arange(len(y)), y], 1e-15, None)
         return -float(np.mean(np.log(p)))
 
-    def _cv_scores(self, X: np.ndarray, y: np.ndarray, Cs: np.ndarray) -> tuple[np.ndarray, int]:
+    def _cv_folds(self, X: np.ndarray, y: np.ndarray) -> list[tuple | None]:
+        """Standardised ``(Z_train, y_train, Z_val, y_val)`` per fold (``None``: a fold whose
+        training part lacks a class); empty when cross-validation is off or impossible."""
+        if self.cv is None or self.cv < 2:
+            return []
         counts = np.bincount(y)
-        n_splits = min(int(self.cv or 1), int(counts.min()))
+        n_splits = min(int(self.cv), int(counts.min()))
         if n_splits < 2:
-            if self.cv is not None and self.cv > 1:
-                warnings.warn(
-                    f"cv={self.cv} impossible: the smallest class has {counts.min()} sample(s); "
-                    "selecting the least regularised admissible model instead",
-                    UserWarning, stacklevel=3,
-                )
-            return np.empty((len(Cs), 0)), 0
+            warnings.warn(
+                f"cv={self.cv} impossible: the smallest class has {counts.min()} sample(s); "
+                "selecting the least regularised admissible model instead",
+                UserWarning, stacklevel=4,
+            )
+            return []
         folds = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=self.random_state)
-        scores = np.empty((len(Cs), n_splits))
-        n_unconverged = 0
-        for f, (tr, va) in enumerate(folds.split(X, y)):
+        out: list[tuple | None] = []
+        for tr, va in folds.split(X, y):
             if len(np.unique(y[tr])) < len(self.classes_):
-                scores[:, f] = np.nan
+                out.append(None)
                 continue
             mean, scale = self._stats(X[tr])
-            coefs, ints, _, bad = self._fit_path((X[tr] - mean) / scale, y[tr], Cs)
-            n_unconverged += bad
-            Zva = (X[va] - mean) / scale
-            scores[:, f] = [self._score(coefs[i], ints[i], Zva, y[va]) for i in range(len(Cs))]
-        return scores, n_unconverged
+            out.append(((X[tr] - mean) / scale, y[tr], (X[va] - mean) / scale, y[va]))
+        return out
+
+    def _joint_path(
+        self, Cs: np.ndarray, full: tuple | None, folds: list[tuple | None],
+        stop_above: int | None, early_stop: bool,
+    ) -> dict[str, Any]:
+        """Walk the penalties once, fitting the full data (``full = (Z, y)``, optional) and
+        every fold at each ``C``, each warm-started from its previous ``C``; the fits of one
+        ``C`` run in parallel threads with ``n_jobs`` (SAGA releases the GIL).
+
+        Stops after the ``C`` whose full-data model exceeds ``stop_above`` concepts, or (with
+        ``early_stop``) once the mean validation score has not improved for ``patience``
+        penalties. Returns the full path, the ``(n_done, n_folds)`` validation scores and the
+        count of fits stopped by ``max_iter``.
+        """
+        jobs: list[tuple[np.ndarray, np.ndarray]] = []
+        if full is not None:
+            jobs.append(full)
+        live = [f for f in folds if f is not None]
+        jobs.extend((f[0], f[1]) for f in live)
+        solvers = [self._solver(Cs[0]) for _ in jobs]
+        parallel = None
+        if self.n_jobs not in (None, 1) and len(jobs) > 1:
+            from joblib import Parallel, delayed
+
+            parallel = Parallel(n_jobs=self.n_jobs, prefer="threads")
+        coefs, ints, n_iters, scores = [], [], [], []
+        n_bad, best, best_i = 0, np.inf, 0
+        sign = 1.0 if self.scoring == "log_loss" else -1.0
+        for i, c in enumerate(Cs):
+            if parallel is not None:
+                bad = parallel(delayed(self._fit_at)(lr, Z, y, c)
+                               for lr, (Z, y) in zip(solvers, jobs, strict=True))
+            else:
+                bad = [self._fit_at(lr, Z, y, c) for lr, (Z, y) in zip(solvers, jobs, strict=True)]
+            n_bad += sum(bad)
+            fold_solvers = solvers[1:] if full is not None else solvers
+            row, k = [], 0
+            for f in folds:
+                if f is None:
+                    row.append(np.nan)
+                    continue
+                lr = fold_solvers[k]
+                k += 1
+                row.append(self._score(lr.coef_, lr.intercept_, f[2], f[3]))
+            scores.append(row)
+            if full is not None:
+                lr = solvers[0]
+                coefs.append(lr.coef_.copy())
+                ints.append(lr.intercept_.copy())
+                n_iters.append(int(np.max(lr.n_iter_)))
+                if stop_above is not None and (lr.coef_ != 0).sum(axis=1).max() > stop_above:
+                    break
+            if early_stop and live and self.patience is not None:
+                mean = sign * float(np.nanmean(row))
+                if i == 0 or mean < best - _MIN_GAIN * abs(best):
+                    best, best_i = mean, i
+                elif i - best_i >= self.patience:
+                    break
+        return {
+            "coefs": np.stack(coefs) if coefs else None,
+            "ints": np.stack(ints) if ints else None,
+            "n_iters": n_iters,
+            "scores": np.asarray(scores, dtype=float).reshape(len(scores), len(folds)),
+            "n_bad": n_bad,
+        }
 
     def _stats(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if not self.standardize:
@@ -297,16 +370,33 @@ class SparseLinearBottleneck(ConceptBottleneckBase):
         cw = self._class_weight_encoded()
         weights = compute_sample_weight(cw, y_enc) if cw is not None else np.ones(len(y_enc))
         Cs = self._grid(Z, y_enc, weights)
-        coefs, ints, n_iters, n_bad = self._fit_path(Z, y_enc, Cs, stop_above=self.max_concepts)
-        Cs = Cs[: len(coefs)]  # the path stops once a model exceeds max_concepts
-        Cs, coefs, ints, n_iters, n_bad_k = self._refine_to_k(Z, y_enc, Cs, coefs, ints, n_iters)
-        n_bad += n_bad_k
-        cv_scores, n_bad_cv = (np.empty((len(Cs), 0)), 0)
-        if self.cv is not None and self.cv > 1:
-            cv_scores, n_bad_cv = self._cv_scores(X_arr, y_enc, Cs)
-        if n_bad + n_bad_cv:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)  # one summary below
+            folds = self._cv_folds(X_arr, y_enc)
+            if self.max_concepts is None:
+                # one joint walk: full data and folds together, stopped by the CV curve
+                walk = self._joint_path(Cs, (Z, y_enc), folds, None, early_stop=True)
+                coefs, ints, n_iters = walk["coefs"], walk["ints"], walk["n_iters"]
+                Cs, cv_scores, n_bad = Cs[: len(coefs)], walk["scores"], walk["n_bad"]
+            else:
+                # the budget decides where the path ends: full data first (stops past k),
+                # then exactly k by bisection, then the folds on the final penalties
+                walk = self._joint_path(Cs, (Z, y_enc), [], self.max_concepts, early_stop=False)
+                coefs, ints, n_iters, n_bad = (walk["coefs"], walk["ints"], walk["n_iters"],
+                                               walk["n_bad"])
+                Cs = Cs[: len(coefs)]
+                Cs, coefs, ints, n_iters, n_bad_k = self._refine_to_k(
+                    Z, y_enc, Cs, coefs, ints, n_iters)
+                n_bad += n_bad_k
+                cv_scores = np.empty((len(Cs), 0))
+                if folds:
+                    walk = self._joint_path(Cs, None, folds, None, early_stop=False)
+                    cv_scores, n_bad = walk["scores"], n_bad + walk["n_bad"]
+        if cv_scores.shape[1] and np.all(np.isnan(cv_scores)):
+            cv_scores = np.empty((len(Cs), 0))
+        if n_bad:
             warnings.warn(
-                f"{n_bad + n_bad_cv} of the path's SAGA fits did not converge in max_iter="
+                f"{n_bad} of the path's SAGA fits did not converge in max_iter="
                 f"{self.max_iter} epochs; raise max_iter or tol", ConvergenceWarning, stacklevel=2,
             )
         n_concepts = (np.abs(coefs) > 0).sum(axis=2).max(axis=1)

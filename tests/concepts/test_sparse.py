@@ -219,3 +219,26 @@ def test_weak_signal_budget_gives_concepts_not_an_intercept():
     n = int((model.coef_ != 0).sum())
     assert n == 3 or any(issubclass(w.category, EmptyModelWarning) for w in caught)
     assert n > 0 and model.score(X, y) > 0.55
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_parallel_folds_give_the_same_model(multiclass_rule):
+    X, y = multiclass_rule
+    a = SparseLinearBottleneck(Cs=8, cv=3).fit(X, y)
+    b = SparseLinearBottleneck(Cs=8, cv=3, n_jobs=2).fit(X, y)
+    np.testing.assert_array_equal(a.coef_, b.coef_)
+    np.testing.assert_array_equal(a.cv_scores_, b.cv_scores_)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_patience_stops_the_path_after_the_cv_optimum(binary_rule):
+    X, y = binary_rule
+    full = SparseLinearBottleneck(Cs=30, cv=3, patience=None).fit(X, y)
+    early = SparseLinearBottleneck(Cs=30, cv=3, patience=3).fit(X, y)
+    assert len(early.Cs_) <= len(full.Cs_)
+    np.testing.assert_allclose(early.Cs_, full.Cs_[: len(early.Cs_)])
+    mean = np.nanmean(early.cv_scores_, axis=1)
+    if len(early.Cs_) < len(full.Cs_):
+        # stopped only after `patience` penalties without a real (0.1 %) improvement
+        assert mean[-3:].min() >= mean[:-3].min() * (1 - 1e-3) - 1e-12
+    assert early.score(X, y) >= full.score(X, y) - 0.02
