@@ -8,6 +8,7 @@ import json
 import sys
 import warnings
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -108,8 +109,7 @@ def _image_sources(items: list[str], frame: int | None = None) -> Any:
             raise ValueError(f"{item}: pass a CSV manifest on its own, not with other images")
         for source in iter_image_sources(item, frame=frame):
             if len(items) > 1 and path.is_dir():
-                source = ImageSource(f"{path.as_posix().rstrip('/')}/{source.image_id}",
-                                     source.load)
+                source = replace(source, image_id=f"{path.as_posix().rstrip('/')}/{source.image_id}")
             sources.append(source)
     return sources
 
@@ -152,22 +152,36 @@ def run_score(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if out.suffix not in {".parquet", ".csv"}:
         raise ValueError(f"--out {out} must end in .parquet or .csv")
+    engine, address = getattr(args, "engine", "local"), getattr(args, "address", None)
+    if address is not None and engine != "ray":
+        raise ValueError("--address is only used with --engine ray")
     backbone = _backbone(args)
     vocabulary = _vocabulary(args.vocab, args.model)
-    with _input_warnings_as_lines():
-        scores = _scorer(args, backbone, vocabulary).score(_image_sources(args.images, args.frame))
-    _report_errors(scores.errors)
-    if len(scores) == 0:
+    scorer = _scorer(args, backbone, vocabulary)
+    sources = _image_sources(args.images, args.frame)
+    if out.suffix == ".parquet":
+        # written batch by batch (one row group each), so memory stays flat
+        with _input_warnings_as_lines():
+            written = scorer.score_to_file(sources, out, engine=engine, address=address)
+        count, errors, flagged = written.n_images, written.errors, len(set(written.warnings["image_id"]))
+        if count == 0:
+            out.unlink(missing_ok=True)
+    else:
+        with _input_warnings_as_lines():
+            scores = scorer.score(sources, engine=engine, address=address)
+        count, errors, flagged = len(scores), scores.errors, len(scores.flagged_ids)
+    _report_errors(errors)
+    if count == 0:
         raise ValueError("no image could be scored (see the errors above)")
-    scores.save(out)
-    if len(scores.errors):
+    if out.suffix != ".parquet":
+        scores.save(out)
+    if len(errors):
         from conceptlens._io.tables import write_csv
 
-        write_csv(scores.errors, out.with_name(out.stem + ".errors.csv"), index=False,
+        write_csv(errors, out.with_name(out.stem + ".errors.csv"), index=False,
                   what="error list")
-    flagged = len(scores.flagged_ids)
-    print(f"scored {len(scores)} image(s) x {len(vocabulary)} concepts -> {out}"
-          + (f" ({len(scores.errors)} skipped)" if len(scores.errors) else "")
+    print(f"scored {count} image(s) x {len(vocabulary)} concepts -> {out}"
+          + (f" ({len(errors)} skipped)" if len(errors) else "")
           + (f" ({flagged} with input warnings)" if flagged else ""))
 
 

@@ -118,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how patch scores become one local score (default max, RC-Align's objective)")
     p.add_argument("--preset", default=None, choices=["derm7pt"],
                    help="a published scoring protocol (overrides mode/alpha/calibration)")
+    p.add_argument("--engine", default="local", choices=["local", "ray"],
+                   help="local: this process with DataLoader workers (default); ray: Ray Data "
+                        "actors, one per GPU (needs the 'ray' extra), same numbers")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster address for --engine ray (default: a local Ray)")
     _images_options(p)
     _common(p, out_help="score file to write (.parquet keeps metadata, or .csv)")
     p.set_defaults(handler="score")

@@ -24,7 +24,7 @@ from conceptlens.vocab.cache import FeatureCache, patch_mean_of
 from conceptlens.vocab.sources import count_images
 from conceptlens.vocab.stream import ImageStream, RecordBatch, collate_records, resolve_workers
 
-__all__ = ["FeatureBatch", "auto_batch_size", "iter_feature_batches"]
+__all__ = ["DirectSink", "FeatureBatch", "auto_batch_size", "encode_records", "iter_feature_batches"]
 
 
 @dataclass
@@ -130,7 +130,8 @@ def iter_feature_batches(
     try:
         for batch in _in_order(loader, batch_size):
             bar.update(len(batch.records))
-            features = _encode(backbone, stream, batch, cache, writer, errors, need_patches)
+            features = encode_records(backbone, stream, batch, cache=cache, sink=writer,
+                                      errors=errors, need_patches=need_patches)
             if features is not None:
                 yield features
     finally:
@@ -152,9 +153,21 @@ def _in_order(loader: DataLoader, block: int) -> Iterator[RecordBatch]:
         yield waiting[index]
 
 
-def _encode(backbone: Backbone, stream: ImageStream, batch: RecordBatch, cache: FeatureCache | None,
-            writer: _StoreWriter | None, errors: list[dict[str, str]],
-            need_patches: bool) -> FeatureBatch | None:
+def encode_records(backbone: Backbone, stream: ImageStream, batch: RecordBatch, *,
+                   cache: FeatureCache | None, sink: Any, errors: list[dict[str, str]],
+                   need_patches: bool) -> FeatureBatch | None:
+    """Run the image tower on a block's records that need it and assemble a :class:`FeatureBatch`.
+
+    Args:
+        backbone: The backbone.
+        stream: The :class:`~conceptlens.vocab.stream.ImageStream` that made the records.
+        batch: The block.
+        cache: The feature store (worker-side hit counts are added to it).
+        sink: Where new features go (``submit`` / ``submit_paths``), or ``None``.
+        errors: Bad images are appended here.
+        need_patches: Put patch tokens into the batch.
+    """
+    writer = sink
     records = batch.records
     if cache is not None:
         for record in records:
@@ -217,6 +230,22 @@ def _encode(backbone: Backbone, stream: ImageStream, batch: RecordBatch, cache: 
         stats=stats,
         encoded=len(fresh),
     )
+
+
+class DirectSink:
+    """Writes new features to the store in the calling thread (a Ray actor's sink)."""
+
+    def __init__(self, cache: FeatureCache) -> None:
+        self.cache = cache
+
+    def submit(self, items: list[tuple[Any, ...]]) -> None:
+        for key, g, p, grid, m, s in items:
+            self.cache.put(key, g.detach().cpu(), p.detach().cpu(), grid, patch_mean=m.detach().cpu(),
+                           stats=s)
+
+    def submit_paths(self, rows: list[tuple[Any, ...]]) -> None:
+        for path, frame, size, mtime_ns, content_hash in rows:
+            self.cache.remember_path(path, frame, size, mtime_ns, content_hash)
 
 
 class _StoreWriter:

@@ -216,6 +216,7 @@ class FeatureCache:
         self.patches = bool(patches)
         self.precision = precision
         self.shard_rows = shard_rows
+        self._shard_bytes = shard_bytes
         self.shard_bytes = min(shard_bytes, max(1, max_bytes // 8)) if max_bytes else shard_bytes
         self.hits = 0
         self.misses = 0
@@ -224,6 +225,11 @@ class FeatureCache:
         self._lock = threading.RLock()
         self._state = _State()
         self._finalizer = weakref.finalize(self, _State.commit_quietly, self._state)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled (e.g. to a Ray actor) as its settings: the copy opens the folder afresh."""
+        return (_reopen, (str(self.directory), self.max_bytes, self.patches, self.precision,
+                          self.shard_rows, self._shard_bytes))
 
     # -- keys ---------------------------------------------------------------------------------
 
@@ -731,6 +737,12 @@ class _State:
                      for r, k in enumerate(footer["keys"])])
         except Exception:  # noqa: BLE001 - at exit nothing may raise; the next open reindexes
             pass
+
+
+def _reopen(directory: str, max_bytes: int | None, patches: bool, precision: str, shard_rows: int,
+            shard_bytes: int) -> FeatureCache:
+    return FeatureCache(directory, max_bytes, patches=patches, precision=precision,
+                        shard_rows=shard_rows, shard_bytes=shard_bytes)
 
 
 def _open_index(path: Path) -> sqlite3.Connection:

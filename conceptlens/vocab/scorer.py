@@ -72,7 +72,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -106,8 +106,8 @@ from conceptlens.vocab.textbank import (
     token_vector,
 )
 
-__all__ = ["ENGINES", "PRESETS", "ConceptScorer", "ScoringConfig", "available_presets",
-           "clear_text_memo"]
+__all__ = ["ENGINES", "PRESETS", "ConceptScorer", "ScoredFile", "ScoringConfig",
+           "available_presets", "clear_text_memo"]
 
 # Moved to their own modules (issue 16); importable from here as before.
 _REEXPORTED = (FeatureBatch, TextBank, covered_fraction, encode_text_vectors, iter_feature_batches,
@@ -664,18 +664,16 @@ class ConceptScorer:
                 :class:`~conceptlens.errors.InputQualityWarning` whose ``warnings``
                 attribute holds the same frame as the result's).
         """
-        if engine not in ENGINES:
-            raise ValueError(f"engine must be one of {', '.join(map(repr, ENGINES))}; got {engine!r}")
-        self.text_bank()
-        if engine == "ray":
-            from conceptlens.vocab.ray_engine import score_with_ray
-
-            ids, values, errors, found = score_with_ray(self, images, address=address,
-                                                        num_workers=ray_workers)
-        else:
-            if address is not None:
-                raise ValueError("address= is only used with engine='ray'")
-            ids, values, errors, found = self._score_local(images)
+        errors: list[dict[str, str]] = []
+        found: list[dict[str, str]] = []
+        ids: list[str] = []
+        rows: list[np.ndarray] = []
+        for batch_ids, batch_values, warned in self._iter_scored(images, engine, address,
+                                                                 ray_workers, errors):
+            rows.append(batch_values)
+            ids.extend(batch_ids)
+            found.extend(warned)
+        values = np.concatenate(rows) if rows else np.empty((0, len(self.vocabulary)))
         table = pd.DataFrame(values, index=pd.Index(ids, name="image", dtype=object),
                              columns=pd.Index(self.concept_ids, dtype=object))
         scores = ConceptScores(
@@ -687,29 +685,69 @@ class ConceptScorer:
             errors=pd.DataFrame(errors, columns=["image", "reason"]).astype(str),
             warnings=pd.DataFrame(found, columns=["image_id", "kind", "message"]),
         )
-        if len(scores.warnings):
-            counts = scores.warnings["kind"].value_counts()
-            kinds = ", ".join(f"{kind}: {count}" for kind, count in counts.items())
-            flagged = len(set(scores.warnings["image_id"]))
-            warnings.warn(InputQualitySummary(
-                f"{flagged} of {len(scores)} image(s) flagged as inputs the model should not be "
-                f"trusted on ({kinds}); see ConceptScores.warnings", scores.warnings,
-            ), stacklevel=2)
+        _warn_flagged(scores.warnings, len(scores))
         return scores
 
-    def _score_local(self, images: Any) -> tuple[list[str], np.ndarray, list[dict[str, str]],
-                                                 list[dict[str, str]]]:
+    def score_to_file(self, images: Any, path: Any, *, engine: str = "local",
+                      address: str | None = None, ray_workers: int | None = None) -> ScoredFile:
+        """Score images and write the table to a ``.parquet`` file batch by batch.
+
+        Memory stays flat however many images there are (one row group per batch); the file
+        is what :meth:`ConceptScores.save` writes and :meth:`ConceptScores.load` reads, and
+        appears under ``path`` only when complete. Arguments as :meth:`score`.
+
+        Returns:
+            ScoredFile: the path, the number of rows, and the errors and warnings frames.
+        """
+        from conceptlens.vocab.score_file import ScoreFileWriter
+
+        writer = ScoreFileWriter(path, self.concept_ids)
         errors: list[dict[str, str]] = []
         found: list[dict[str, str]] = []
-        ids: list[str] = []
-        rows: list[torch.Tensor] = []
+        calibrator = getattr(self, "calibrator", None)
+        try:
+            for batch_ids, values, warned in self._iter_scored(images, engine, address,
+                                                               ray_workers, errors):
+                if calibrator is not None:
+                    values = calibrator.transform_array(values, self.concept_ids)
+                writer.write(batch_ids, values)
+                found.extend(warned)
+        except BaseException:
+            writer.abort()
+            raise
+        config = {**self.config.to_dict(), "batch_size": self.text_batch_size()}
+        if calibrator is not None:
+            config["concept_calibration"] = calibrator.method
+        error_frame = pd.DataFrame(errors, columns=["image", "reason"]).astype(str)
+        warning_frame = pd.DataFrame(found, columns=["image_id", "kind", "message"])
+        written = writer.close({
+            "config": config, "backbone": self.backbone.identity.to_dict(),
+            "vocabulary_hash": self.vocabulary.hash, "concept_names": self.concept_names,
+            "errors": error_frame.to_dict(orient="records"),
+            "warnings": warning_frame.to_dict(orient="records"),
+        })
+        _warn_flagged(warning_frame, writer.rows)
+        return ScoredFile(path=written, n_images=writer.rows, errors=error_frame,
+                          warnings=warning_frame)
+
+    def _iter_scored(self, images: Any, engine: str, address: str | None, ray_workers: int | None,
+                     errors: list[dict[str, str]]) -> Iterator[tuple[list[str], np.ndarray,
+                                                                     list[dict[str, str]]]]:
+        """``(ids, (b, K) float64 scores, warnings)`` per batch, in input order."""
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(map(repr, ENGINES))}; got {engine!r}")
+        self.text_bank()
+        if engine == "ray":
+            from conceptlens.vocab.ray_engine import iter_scored_with_ray
+
+            yield from iter_scored_with_ray(self, images, address=address, num_workers=ray_workers,
+                                            errors=errors)
+            return
+        if address is not None:
+            raise ValueError("address= is only used with engine='ray'")
         for batch in self.iter_batches(images, errors=errors):
             values, warned = self.score_batch(batch)
-            rows.append(values)
-            ids.extend(batch.image_ids)
-            found.extend(warned)
-        values = torch.cat(rows).double().numpy() if rows else np.empty((0, len(self.vocabulary)))
-        return ids, values, errors, found
+            yield batch.image_ids, values.double().numpy(), warned
 
     def score_tensor(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Concept scores of preprocessed images, differentiable w.r.t. ``pixel_values``.
@@ -833,6 +871,36 @@ class ConceptScorer:
             f"mode={cfg.mode!r}, alpha={cfg.alpha}, aggregation={cfg.aggregation!r}, "
             f"calibration={cfg.calibration!r}, cache={self.cache!r})"
         )
+
+
+@dataclass
+class ScoredFile:
+    """What :meth:`ConceptScorer.score_to_file` wrote.
+
+    Attributes:
+        path: The score file.
+        n_images: Rows written.
+        errors: Images left out (``image``, ``reason``).
+        warnings: Input warnings (``image_id``, ``kind``, ``message``).
+    """
+
+    path: Any
+    n_images: int
+    errors: pd.DataFrame
+    warnings: pd.DataFrame
+
+
+def _warn_flagged(found: pd.DataFrame, n_scored: int) -> None:
+    """The one :class:`InputQualitySummary` per call that flagged images."""
+    if not len(found):
+        return
+    counts = found["kind"].value_counts()
+    kinds = ", ".join(f"{kind}: {count}" for kind, count in counts.items())
+    flagged = len(set(found["image_id"]))
+    warnings.warn(InputQualitySummary(
+        f"{flagged} of {n_scored} image(s) flagged as inputs the model should not be "
+        f"trusted on ({kinds}); see ConceptScores.warnings", found,
+    ), stacklevel=3)
 
 
 def _check_reference(reference: Any) -> None:

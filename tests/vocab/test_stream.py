@@ -1,0 +1,114 @@
+"""The streaming pipeline: DataLoader workers, one open and decode per file, order, pixels."""
+
+import builtins
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageFile
+
+from conceptlens.models import ConceptCLIPBackbone, create_reference_model
+from conceptlens.models.images import normalize_pixels, resize_to_uint8
+from conceptlens.vocab.batching import iter_feature_batches
+from conceptlens.vocab.scorer import ConceptScorer
+from conceptlens.vocab.scores import ConceptScores
+from conceptlens.vocab.stream import pixel_recipe, resolve_workers
+from tests.vocab.conftest import FakeBackbone, make_image
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model, processor = create_reference_model("tiny", seed=3)
+    return ConceptCLIPBackbone(model, processor, model_id="tiny-stream")
+
+
+@pytest.fixture
+def many(tmp_path):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(40):
+        make_image(i, size=(20 + i % 7, 14 + i % 5)).save(folder / f"{i:03d}.png")
+    return folder
+
+
+def test_split_preprocessing_equals_the_backbones_own(tiny):
+    recipe = pixel_recipe(tiny)
+    assert recipe is not None and recipe.size == tuple(tiny.image_size)
+    images = [make_image(i, size=(31 + 17 * i, 45 + 9 * i)) for i in range(4)]
+    mine = recipe.normalize(torch.from_numpy(np.stack([recipe.resize(im) for im in images])))
+    torch.testing.assert_close(mine, tiny.preprocess(images), rtol=0, atol=1e-6)
+    assert pixel_recipe(FakeBackbone()) is None  # no recorded mean/std: its own preprocess
+
+
+def test_resize_and_normalize_helpers():
+    image = Image.fromarray(np.full((5, 7, 3), 255, np.uint8))
+    array = resize_to_uint8(image, (3, 4))
+    assert array.shape == (3, 3, 4) and array.dtype == np.uint8
+    out = normalize_pixels(torch.from_numpy(array[None]), rescale=1 / 255, mean=[0.5] * 3, std=[0.5] * 3)
+    torch.testing.assert_close(out, torch.ones(1, 3, 3, 4))
+    with pytest.raises(ValueError, match="resample"):
+        resize_to_uint8(image, (3, 4), "cubic")
+
+
+def test_workers_give_the_same_scores_in_the_same_order(many, vocabulary):
+    backbone = FakeBackbone()
+    serial = ConceptScorer(backbone, vocabulary, batch_size=4, num_workers=0, progress=False).score(many)
+    (many / "bad.png").write_bytes(b"not an image")
+    parallel = ConceptScorer(backbone, vocabulary, batch_size=4, num_workers=2, progress=False).score(many)
+    assert parallel.image_ids == serial.image_ids
+    np.testing.assert_allclose(parallel.to_numpy(), serial.to_numpy(), rtol=0, atol=1e-7)
+    assert parallel.errors["image"].tolist() == ["bad.png"]
+
+
+def test_each_file_is_opened_and_decoded_once(monkeypatch, many, tiny, vocabulary, tmp_path):
+    opened: dict[str, int] = {}
+    real = builtins.open
+
+    def counting(file, *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and str(file).startswith(str(many)):
+            opened[str(file)] = opened.get(str(file), 0) + 1
+        return real(file, *args, **kwargs)
+
+    decoded = []
+    real_load = ImageFile.ImageFile.load
+
+    def counting_load(self):
+        name = str(getattr(getattr(self, "fp", None), "name", ""))
+        if name.startswith(str(many)):
+            decoded.append(name)
+        return real_load(self)
+
+    monkeypatch.setattr(builtins, "open", counting)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", counting_load)
+    ConceptScorer(tiny, vocabulary, cache_dir=tmp_path / "store", num_workers=0,
+                  progress=False, reference=None).score(many)
+    assert len(opened) == 40 and set(opened.values()) == {1}
+    assert len(decoded) == 40 and len(set(decoded)) == 40
+
+
+def test_features_come_in_input_order_with_workers(many):
+    backbone = FakeBackbone()
+    batches = list(iter_feature_batches(backbone, many, batch_size=3, num_workers=2, progress=False))
+    ids = [i for b in batches for i in b.image_ids]
+    assert ids == sorted(ids) and len(ids) == 40 and [len(b.image_ids) for b in batches][:2] == [3, 3]
+
+
+def test_score_to_file_writes_row_groups_that_load_as_scores(tmp_path, many, vocabulary):
+    import pyarrow.parquet as pq
+
+    scorer = ConceptScorer(FakeBackbone(), vocabulary, batch_size=8, progress=False)
+    written = scorer.score_to_file(many, tmp_path / "scores.parquet")
+    assert written.n_images == 40 and pq.ParquetFile(written.path).num_row_groups == 5
+    loaded = ConceptScores.load(written.path)
+    expected = scorer.score(many)
+    assert loaded.image_ids == expected.image_ids and loaded.vocabulary_hash == vocabulary.hash
+    np.testing.assert_allclose(loaded.to_numpy(), expected.to_numpy())
+    assert not list(tmp_path.glob(".scores.parquet.tmp-*"))
+
+
+def test_auto_workers():
+    assert resolve_workers("auto", 10, 32) == 0
+    assert resolve_workers(3, 10, 32) == 3
+    with pytest.raises(ValueError, match="num_workers"):
+        resolve_workers(-1, None, 32)
