@@ -43,4 +43,4 @@ def test_console_script_is_installed():
 def test_parser_lists_all_commands():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert set(sub.choices) == {"score", "fit", "explain", "audit", "vocab", "demo"}
+    assert set(sub.choices) == {"score", "fit", "explain", "audit", "report", "compare", "vocab", "demo"}
