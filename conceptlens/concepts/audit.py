@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -15,7 +15,12 @@ from sklearn.utils.multiclass import check_classification_targets
 from conceptlens.concepts._inputs import as_finite_matrix, resolve_concepts
 from conceptlens.concepts._stats import benjamini_hochberg, rank_association, wilson_interval
 from conceptlens.concepts.audit_result import AuditResult
-from conceptlens.concepts.reliance import RELIANCE_TESTS, likelihood_ratio_tests, standardise
+from conceptlens.concepts.reliance import (
+    RELIANCE_TESTS,
+    group_likelihood_ratio_tests,
+    likelihood_ratio_tests,
+    standardise,
+)
 from conceptlens.concepts.sparse import SparseLinearBottleneck
 
 __all__ = ["audit"]
@@ -266,6 +271,7 @@ def audit(
     n_slices: int = 20,
     l2: float = 1.0,
     random_state: int | None = 0,
+    concept_groups: Any = None,
 ) -> AuditResult:
     """Explain and check a decision-maker's decisions through concept scores.
 
@@ -293,6 +299,11 @@ def audit(
         l2: Ridge penalty of the logistic models of the conditional tests (on standardised
             scores, in log-likelihood units; keeps separable or collinear data finite).
         random_state: Seed of the held-out split and the surrogate.
+        concept_groups: Concept groups whose reliance counts as one concept (e.g. the one-hot
+            columns of one finding): a ``ConceptVocabulary`` (each concept's ``group``), or a
+            mapping concept id -> group name. Concepts without a group stand alone. An
+            expected concept whose group is relied upon (summed ``share`` >= ``min_reliance``)
+            or whose group passes the drop-group test is not reported unused.
 
     Returns:
         :class:`AuditResult`. Tables and columns:
@@ -324,8 +335,15 @@ def audit(
           ``flagged`` (``q_value < alpha``), ``label_effect, label_q_value,
           confounded_with_labels`` (NaN / False without labels) and ``reason`` (the evidence,
           or why a marginal association was not flagged).
-        * ``unused_expected``: expected concepts plus ``unused`` (neither relied on by the
-          surrogate, associated, nor significant in the ``conditional`` test).
+        * ``unused_expected``: expected concepts plus ``group, group_share, group_q_value``
+          and ``unused`` (neither the concept nor its group relied on by the surrogate, nor
+          associated, nor significant in the ``conditional`` or the drop-group test).
+        * ``group_reliance`` (with ``concept_groups``; one row per group of two or more
+          concepts among the columns): ``group, concepts, n_concepts, importance, share``
+          (sums over members), ``relied`` (``share >= min_reliance``) and the drop-group
+          likelihood-ratio test of the decisions given every concept outside the group
+          (``class, statistic, df, p_value, q_value``: the class row with the smallest p;
+          q is Benjamini-Hochberg over groups x classes).
         * ``errors``: ``error_type`` (false_positive: predicted ``class`` wrongly, compared with
           true negatives; false_negative: missed ``class``, compared with true positives),
           ``class, concept, name, n_error, n_reference, auc, effect_size, mean_diff, p_value,
@@ -384,8 +402,23 @@ def audit(
                   & (reliance["max_abs_effect"] >= min_effect)).to_numpy()
     used = (reliance["conditional_q_value"] < alpha).to_numpy()
     spurious = _spurious_table(reliance, tests, primary, alpha, relied, associated)
+    group_of = _concept_groups(concept_groups, ids)
+    if group_of:
+        reliance.insert(reliance.columns.get_loc("marked"), "group",
+                        [group_of.get(c, "") for c in reliance["concept"]])
+    groups = _group_table(reliance, X, dec, outputs, ids, group_of, min_reliance, l2)
     unused = reliance[reliance["marked"] == "expected"].copy()
-    unused["unused"] = ~(relied | associated | used)[unused.index]
+    group_used = np.zeros(len(unused), dtype=bool)
+    if group_of:
+        by_group = groups.set_index("group")
+        g_share = np.array([by_group["share"].get(g, np.nan) if g else np.nan
+                            for g in unused["group"]], dtype=float)
+        g_q = np.array([by_group["q_value"].get(g, np.nan) if g else np.nan
+                        for g in unused["group"]], dtype=float)
+        unused["group_share"] = g_share
+        unused["group_q_value"] = g_q
+        group_used = (np.nan_to_num(g_share) >= min_reliance) | (np.nan_to_num(g_q, nan=1.0) < alpha)
+    unused["unused"] = ~(relied | associated | used)[unused.index] & ~group_used
 
     errors = pd.DataFrame()
     slices = pd.DataFrame()
@@ -432,4 +465,59 @@ def audit(
         slices=slices,
         reliance_tests=tests,
         surrogate=surrogate,
+        group_reliance=groups,
     )
+
+
+def _concept_groups(concept_groups: Any, ids: list[str]) -> dict[str, str]:
+    """Concept id -> group name, from a vocabulary (``Concept.group``) or a mapping."""
+    if concept_groups is None:
+        return {}
+    if isinstance(concept_groups, Mapping):
+        return {str(k): str(v) for k, v in concept_groups.items() if v not in (None, "")}
+    members = getattr(concept_groups, "concepts", concept_groups)
+    out = {}
+    for concept in members:
+        cid, group = getattr(concept, "id", None), getattr(concept, "group", "")
+        if cid is None:
+            raise TypeError("concept_groups must be a ConceptVocabulary or a mapping "
+                            "concept id -> group name")
+        if group:
+            out[str(cid)] = str(group)
+    return {c: g for c, g in out.items() if c in ids}
+
+
+def _group_table(reliance, X, dec, outputs, ids, group_of, min_reliance, l2) -> pd.DataFrame:
+    """Reliance and drop-group tests per group of two or more concepts."""
+    members: dict[str, list[int]] = {}
+    for j, c in enumerate(ids):
+        if group_of.get(c):
+            members.setdefault(group_of[c], []).append(j)
+    members = {g: m for g, m in members.items() if len(m) >= 2}
+    columns = ["group", "concepts", "n_concepts", "importance", "share", "relied", "class",
+               "statistic", "df", "p_value", "q_value"]
+    if not members:
+        return pd.DataFrame(columns=columns)
+    Z = standardise(X)
+    names, lists = list(members), list(members.values())
+    rows = []
+    for c in outputs:
+        r = group_likelihood_ratio_tests(Z, (dec == c).astype(float), lists, l2=l2)
+        for i, g in enumerate(names):
+            rows.append({"group": g, "class": c, "statistic": r["statistic"][i],
+                         "df": int(r["df"][i]), "p_value": r["p_value"][i]})
+    tests = pd.DataFrame(rows)
+    tests["q_value"] = benjamini_hochberg(tests["p_value"].to_numpy())
+    best = tests.sort_values("p_value", kind="stable").drop_duplicates("group").set_index("group")
+    by_concept = reliance.set_index("concept")
+    table = pd.DataFrame({
+        "group": names,
+        "concepts": [[ids[j] for j in m] for m in lists],
+        "n_concepts": [len(m) for m in lists],
+        "importance": [float(by_concept.loc[[ids[j] for j in m], "importance"].sum()) for m in lists],
+        "share": [float(by_concept.loc[[ids[j] for j in m], "share"].sum()) for m in lists],
+    })
+    table["relied"] = table["share"] >= min_reliance
+    for col in ("class", "statistic", "df", "p_value", "q_value"):
+        table[col] = best[col].reindex(names).to_numpy()
+    return table.sort_values("importance", ascending=False, kind="stable").reset_index(drop=True)

@@ -14,7 +14,7 @@ __all__ = ["AuditResult"]
 
 _TABLES = (
     "reliance", "spurious", "unused_expected", "association", "surrogate_fidelity",
-    "surrogate_coefficients", "errors", "slices", "reliance_tests",
+    "surrogate_coefficients", "errors", "slices", "reliance_tests", "group_reliance",
 )
 
 
@@ -44,6 +44,8 @@ class AuditResult:
             (``conditional``; with labels also ``beyond_labels`` and ``label_conditional``),
             with effect, statistic, p and q; the flags in ``spurious`` come from these rows.
         surrogate: The fitted surrogate bottleneck itself.
+        group_reliance: Reliance and drop-group likelihood-ratio tests per concept group
+            (with ``concept_groups``; empty otherwise).
     """
 
     summary: dict[str, Any]
@@ -57,6 +59,7 @@ class AuditResult:
     slices: pd.DataFrame
     reliance_tests: pd.DataFrame = field(default_factory=pd.DataFrame)
     surrogate: Any = field(default=None, repr=False)
+    group_reliance: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def fidelity(self) -> float:

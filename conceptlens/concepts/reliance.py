@@ -23,7 +23,13 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import special, stats
 
-__all__ = ["RELIANCE_TESTS", "fit_logistic", "likelihood_ratio_tests", "standardise"]
+__all__ = [
+    "RELIANCE_TESTS",
+    "fit_logistic",
+    "group_likelihood_ratio_tests",
+    "likelihood_ratio_tests",
+    "standardise",
+]
 
 RELIANCE_TESTS: dict[str, str] = {
     "conditional": "decisions ~ other concepts + concept (likelihood-ratio test)",
@@ -155,3 +161,49 @@ def likelihood_ratio_tests(
         statistic[i] = max(2.0 * (full_ll - reduced_ll), 0.0)
     pval = stats.chi2.sf(statistic, df=1)
     return {"effect": effect, "statistic": statistic, "p_value": pval}
+
+
+def group_likelihood_ratio_tests(
+    Z: np.ndarray,
+    y: np.ndarray,
+    groups: Sequence[Sequence[int]],
+    *,
+    covariates: np.ndarray | None = None,
+    l2: float = 1.0,
+) -> dict[str, np.ndarray]:
+    """Drop-group likelihood-ratio tests: does a whole concept group predict ``y`` beyond
+    every concept outside it?
+
+    Like :func:`likelihood_ratio_tests`, but the reduced model leaves every column of one
+    group out at once (a one-hot family of ``k`` columns is one ``k``-df test), so reliance
+    split across the members of a group is tested as one.
+
+    Args:
+        Z: ``(n_samples, n_concepts)`` standardised scores.
+        y: ``(n_samples,)`` 0/1 targets.
+        groups: Column indices of each group.
+        covariates: Columns always kept (e.g. label indicators).
+        l2: Ridge penalty of both models.
+
+    Returns:
+        Dict of ``(len(groups),)`` arrays: ``statistic``, ``df`` (group size) and ``p_value``
+        (chi-squared with ``df`` degrees of freedom).
+    """
+    Z = np.asarray(Z, dtype=float)
+    y = np.asarray(y, dtype=float)
+    g = len(groups)
+    statistic, df, pval = np.zeros(g), np.array([len(m) for m in groups], float), np.ones(g)
+    if g == 0 or y.min() == y.max():
+        return {"statistic": statistic, "df": df, "p_value": pval}
+    C = np.empty((len(y), 0)) if covariates is None else np.asarray(covariates, dtype=float)
+    C = C.reshape(len(y), -1)
+    full_w, full_ll = fit_logistic(np.column_stack([C, Z]), y, l2)
+    offset = 1 + C.shape[1]
+    for i, members in enumerate(groups):
+        drop = sorted(int(j) for j in members)
+        keep = np.delete(np.arange(Z.shape[1]), drop)
+        start = np.delete(full_w, [offset + j for j in drop])
+        _, reduced_ll = fit_logistic(np.column_stack([C, Z[:, keep]]), y, l2, w0=start)
+        statistic[i] = max(2.0 * (full_ll - reduced_ll), 0.0)
+    pval = stats.chi2.sf(statistic, df=np.maximum(df, 1))
+    return {"statistic": statistic, "df": df, "p_value": pval}

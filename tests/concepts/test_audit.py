@@ -173,3 +173,57 @@ def test_multiclass_reliance_tests_are_one_vs_rest(multiclass_rule):
     assert not result.spurious["flagged"].any()
     payload = json.loads(json.dumps(result.to_dict()))
     assert len(payload["reliance_tests"]) == len(tests)
+
+
+def _one_hot_world(seed=0, n=600):
+    """Decisions use a six-level finding (one-hot columns, each a small share) and four others."""
+    rng = np.random.default_rng(seed)
+    colour = rng.integers(0, 6, n)
+    onehot = np.eye(6)[colour] + 0.05 * rng.normal(size=(n, 6))
+    other = rng.normal(size=(n, 5))
+    X = pd.DataFrame(np.column_stack([onehot, other]),
+                     columns=[f"col{k}" for k in range(6)] + [f"o{k}" for k in range(5)])
+    logit = (2.0 * other[:, 0] + 1.5 * other[:, 1] - 1.2 * other[:, 2] + other[:, 3]
+             + np.array([0.4, -0.4, 0.3, -0.3, 0.35, -0.35])[colour])
+    decisions = (logit + rng.logistic(size=n) > 0).astype(int)
+    return X, decisions
+
+
+def test_concept_groups_count_a_one_hot_family_as_one():
+    from conceptlens.vocab import Concept, ConceptVocabulary
+
+    X, decisions = _one_hot_world()
+    plain = audit(X, decisions, expected_concepts=["col1", "o0"])
+    row = plain.unused_expected.set_index("concept").loc["col1"]
+    assert row["share"] < 0.05  # split over the family: each member alone looks unused
+    vocabulary = ConceptVocabulary(
+        [Concept(id=f"col{k}", name=f"colour {k}", group="colour") for k in range(6)]
+        + [Concept(id=f"o{k}", name=f"other {k}") for k in range(5)]
+    )
+    for groups in (vocabulary, {f"col{k}": "colour" for k in range(6)}):
+        result = audit(X, decisions, expected_concepts=["col1", "o0"], concept_groups=groups)
+        table = result.group_reliance
+        assert list(table["group"]) == ["colour"] and table.loc[0, "n_concepts"] == 6
+        assert table.loc[0, "df"] == 6 and table.loc[0, "q_value"] < 0.05
+        np.testing.assert_allclose(
+            table.loc[0, "share"],
+            result.reliance.set_index("concept").loc[[f"col{k}" for k in range(6)], "share"].sum())
+        unused = result.unused_expected.set_index("concept")
+        assert not unused.loc["col1", "unused"] and unused.loc["col1", "group_share"] >= 0.05
+        assert set(result.reliance.loc[result.reliance["group"] == "colour", "concept"]) == {
+            f"col{k}" for k in range(6)}
+        assert "group_reliance" in result.to_dict()
+
+
+def test_group_test_keeps_its_level_when_the_group_is_unused():
+    from conceptlens.concepts.reliance import group_likelihood_ratio_tests, standardise
+
+    rejections = 0
+    for seed in range(20):
+        rng = np.random.default_rng(100 + seed)
+        Z = standardise(rng.normal(size=(300, 6)))
+        y = (Z[:, 0] + rng.logistic(size=300) > 0).astype(float)
+        r = group_likelihood_ratio_tests(Z, y, [[3, 4, 5], [0, 1]])
+        assert r["p_value"][1] < 1e-3  # the group holding the used concept
+        rejections += r["p_value"][0] < 0.05
+    assert rejections <= 4  # nominal 5 % of 20 runs, with room for chance
