@@ -1,0 +1,101 @@
+"""Evaluate a trained concept model through the library's own scorer and metrics."""
+
+from __future__ import annotations
+
+import html
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["ConceptModelEvaluation", "evaluate_concept_model"]
+
+
+@dataclass
+class ConceptModelEvaluation:
+    """Per-concept annotation ROC AUC (and pointing game with masks) on held-out images.
+
+    Attributes:
+        table: One row per concept: ``auc`` (score vs label), ``prevalence`` and, with masks,
+            ``pointing_game`` (share of positive images whose concept-map maximum lies in
+            the concept's patch mask).
+        scores: The :class:`~conceptlens.vocab.ConceptScores` the AUCs come from.
+    """
+
+    table: pd.DataFrame
+    scores: Any
+
+    def __repr__(self) -> str:
+        return f"ConceptModelEvaluation({len(self.table)} concepts, AUC min {self.table['auc'].min():.3f})"
+
+    def _repr_html_(self) -> str:
+        cols = [c for c in ("auc", "pointing_game", "prevalence") if c in self.table]
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+        rows = "".join(
+            f"<tr><td>{html.escape(str(cid))}</td>"
+            + "".join(f"<td>{row[c]:.3f}</td>" for c in cols) + "</tr>"
+            for cid, row in self.table.iterrows()
+        )
+        return (f"<table><caption>Concept model on held-out images</caption><thead><tr><th>concept"
+                f"</th>{head}</tr></thead><tbody>{rows}</tbody></table>")
+
+
+def evaluate_concept_model(
+    backbone: Any,
+    vocabulary: Any,
+    images: np.ndarray,
+    concepts: np.ndarray,
+    masks: np.ndarray | None = None,
+    **scorer_options: Any,
+) -> ConceptModelEvaluation:
+    """Score held-out images with :class:`~conceptlens.vocab.ConceptScorer` and measure.
+
+    Args:
+        backbone: A backbone (``load_backbone(folder)`` or ``ConceptCLIPBackbone(model, processor)``).
+        vocabulary: The concepts, in label-column order.
+        images: ``(n, H, W, 3)`` uint8.
+        concepts: ``(n, K)`` 0/1 labels.
+        masks: Optional ``(n, K, H, W)`` bool masks for the pointing game.
+        **scorer_options: Passed to the scorer (default ``reference=None``, no progress bar).
+
+    Returns:
+        ConceptModelEvaluation
+    """
+    from sklearn.metrics import roc_auc_score
+
+    from conceptlens.train.core import patch_masks
+    from conceptlens.vocab.scorer import ConceptScorer
+
+    options = {"reference": None, "progress": False, **scorer_options}
+    scorer = ConceptScorer(backbone, vocabulary, **options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scores = scorer.score({f"img{i:05d}": image for i, image in enumerate(images)})
+    rows: dict[str, dict[str, float]] = {}
+    ids = list(vocabulary.ids)
+    patch_scores = None
+    if masks is not None:
+        import torch
+
+        pixels = backbone.preprocess(list(images))
+        with torch.no_grad():
+            patch_scores = scorer.patch_scores_tensor(pixels).float().cpu().numpy()  # (n, K, P)
+    for k, cid in enumerate(ids):
+        y = concepts[:, k]
+        row = {"prevalence": float(y.mean()),
+               "auc": float(roc_auc_score(y, scores.table[cid])) if 0 < y.sum() < len(y) else float("nan")}
+        if patch_scores is not None and masks is not None:
+            grid = backbone.grid_size if isinstance(backbone.grid_size, tuple) else None
+            n_patches = patch_scores.shape[-1]
+            side = int(round(np.sqrt(n_patches)))
+            grid = grid or (side, n_patches // side)
+            labels = patch_masks(masks[:, k], grid).reshape(len(images), -1)
+            positive = np.flatnonzero((y == 1) & labels.any(axis=1))
+            hits = [labels[i, int(np.argmax(patch_scores[i, k]))] for i in positive]
+            row["pointing_game"] = float(np.mean(hits)) if hits else float("nan")
+        rows[cid] = row
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.name = "concept"
+    return ConceptModelEvaluation(table=table, scores=scores)
