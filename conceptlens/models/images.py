@@ -293,10 +293,10 @@ def normalize_pixels(pixels: torch.Tensor, *, rescale: float, mean: Sequence[flo
     Runs on the tensor's device (on a GPU: after the 4x smaller ``uint8`` transfer).
     """
     torch = _torch()
-    x = pixels.to(torch.float32) * float(rescale)
+    x = pixels.to(torch.float32).mul_(float(rescale))
     mean_t = torch.tensor([float(v) for v in mean], dtype=torch.float32, device=x.device)
     std_t = torch.tensor([float(v) for v in std], dtype=torch.float32, device=x.device)
-    return (x - mean_t[:, None, None]) / std_t[:, None, None]
+    return x.sub_(mean_t[:, None, None]).div_(std_t[:, None, None])
 
 
 def is_image_file(path: str | os.PathLike) -> bool:

@@ -33,7 +33,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from conceptlens.models.base import Backbone
 from conceptlens.models.images import RESAMPLE_FILTERS, normalize_pixels, resize_to_uint8
 from conceptlens.vocab.cache import CachedFeatures, FeatureCache, image_content_hash
-from conceptlens.vocab.input_checks import image_statistics
+from conceptlens.vocab.input_checks import _LUMA, _STATS_SIDE
 from conceptlens.vocab.sources import ImageSource, iter_image_sources
 
 __all__ = ["ImageRecord", "PixelRecipe", "RecordBatch", "pixel_recipe", "resolve_workers"]
@@ -173,10 +173,32 @@ def collate_records(records: list[ImageRecord]) -> RecordBatch:
 
 
 def statistics_row(image: Any) -> np.ndarray:
-    """``(6,)`` ``width, height, mean, std, chroma_mean, chroma_p99`` of a PIL image."""
-    stats = image_statistics(image)
-    return np.array([image.size[0], image.size[1], stats["mean"], stats["std"],
-                     stats["chroma_mean"], stats["chroma_p99"]], dtype=np.float64)
+    """``(6,)`` ``width, height, mean, std, chroma_mean, chroma_p99`` of a PIL image.
+
+    The same numbers as :func:`~conceptlens.vocab.input_checks.image_statistics` (equal
+    bit for bit: the chroma is an integer, so its mean and 99th percentile come exactly from
+    a histogram), about 4x faster, which matters on the host side of the pipeline.
+    """
+    small = image if image.mode == "RGB" else image.convert("RGB")
+    if max(small.size) > _STATS_SIDE:
+        small = small.copy()
+        small.thumbnail((_STATS_SIDE, _STATS_SIDE))
+    pixels = np.asarray(small).reshape(-1, 3)
+    luminance = pixels.astype(np.float64) @ _LUMA
+    red, green, blue = pixels[:, 0], pixels[:, 1], pixels[:, 2]
+    chroma = np.maximum(np.maximum(red, green), blue) - np.minimum(np.minimum(red, green), blue)
+    counts = np.bincount(chroma, minlength=256)
+    n = int(chroma.shape[0])
+    rank = 0.99 * (n - 1)
+    low = int(np.floor(rank))
+    high = min(low + 1, n - 1)
+    cumulative = np.cumsum(counts)
+    a = float(np.searchsorted(cumulative, low + 1))
+    b = float(np.searchsorted(cumulative, high + 1))
+    gamma = rank - low
+    p99 = b - (b - a) * (1 - gamma) if gamma >= 0.5 else a + (b - a) * gamma  # numpy's lerp
+    return np.array([image.size[0], image.size[1], float(luminance.mean()), float(luminance.std()),
+                     float(np.dot(counts, np.arange(256)) / n), p99], dtype=np.float64)
 
 
 def reason(error: BaseException) -> str:

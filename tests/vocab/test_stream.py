@@ -112,3 +112,21 @@ def test_auto_workers():
     assert resolve_workers(3, 10, 32) == 3
     with pytest.raises(ValueError, match="num_workers"):
         resolve_workers(-1, None, 32)
+
+
+def test_statistics_equal_the_input_checks_bit_for_bit():
+    from conceptlens.demo.generator import generate
+    from conceptlens.vocab.input_checks import image_statistics
+    from conceptlens.vocab.stream import statistics_row
+
+    rng = np.random.default_rng(5)
+    images = [Image.fromarray(x) for x in generate(n=6, seed=1, size=300, masks=False).images]
+    images += [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+               for h, w in ((1, 1), (2, 3), (50, 70), (257, 256), (301, 999))]
+    images += [Image.fromarray(np.full((30, 30, 3), 7, np.uint8)),
+               make_image(3).convert("L"), make_image(4).convert("RGBA")]
+    for image in images:
+        stats = image_statistics(image)
+        row = statistics_row(image)
+        assert row.tolist() == [*image.size, stats["mean"], stats["std"], stats["chroma_mean"],
+                                stats["chroma_p99"]]
