@@ -25,7 +25,10 @@ The vectors
 
 Both vectors are cosine-scale directions, not calibrated probabilities: their raw score
 ranges differ from text concepts'. Fit a :class:`~conceptlens.vocab.calibration.ConceptCalibrator`
-on concept labels to put every column on a probability scale.
+on concept labels to put every column on a probability scale. The scorer's ``cosine``
+calibration (its default) is the natural one for them; ``sigmoid`` applies the model's text
+scale and bias and ``paired_softmax`` compares with a *text* reference prompt, neither of which
+was fitted for a learned direction.
 
 Where the vectors live
 ----------------------
