@@ -2,11 +2,16 @@
 
 :class:`ConceptScorer` scores every image against every concept of a vocabulary with the
 backbone's **global** image-text alignment, its **local** (patch-level, ConceptCLIP's
-RC-Align) alignment, or both. The text side is encoded once per (backbone, vocabulary,
-prompt settings) and memoised; the image side is encoded once per image and, with a
-:class:`~conceptlens.vocab.cache.FeatureCache`, kept on disk, so that changing the
-vocabulary, the prompts, ``alpha``, the aggregation or the calibration never runs the image
-tower again.
+RC-Align) alignment, or both. The text side (:mod:`conceptlens.vocab.textbank`) is encoded
+once per (backbone, vocabulary, prompt settings), memoised and, with a feature store or
+``text_cache_dir``, kept on disk for the next process; the image side
+(:mod:`conceptlens.vocab.batching`, :mod:`conceptlens.vocab.stream`: DataLoader workers, each
+file opened and decoded once) is encoded once per image and, with a
+:class:`~conceptlens.vocab.cache.FeatureCache` (the sharded feature store), kept on disk, so
+that changing the vocabulary, the prompts, ``alpha``, the aggregation or the calibration
+never runs the image tower again (``"mean"`` aggregation and global scores read no patch
+token either). ``score(..., engine="ray")`` runs the same code in Ray Data actors
+(:mod:`conceptlens.vocab.ray_engine`).
 
 The numbers
 -----------
@@ -322,7 +327,6 @@ class ConceptScorer:
         text_cache_dir: Any = None,
         reference: EmbeddingReference | str | None = "default",
         input_checks: InputChecks | None = InputChecks(),  # noqa: B008 - frozen, immutable
-        calibrator: Any = None,
     ) -> None:
         if not isinstance(backbone, Backbone):
             raise TypeError(f"backbone must be a conceptlens Backbone, got {type(backbone).__name__}")
@@ -363,9 +367,6 @@ class ConceptScorer:
         if input_checks is not None and not isinstance(input_checks, InputChecks):
             raise TypeError(f"input_checks must be an InputChecks or None, got {type(input_checks).__name__}")
         self.input_checks = input_checks
-        # A fitted conceptlens.vocab.calibration.ConceptCalibrator (per-concept Platt /
-        # isotonic from concept labels), applied to score() and score_tensor(); None: raw.
-        self.calibrator = calibrator
 
     # -- construction ---------------------------------------------------------------------
 
@@ -678,15 +679,11 @@ class ConceptScorer:
             ids.extend(batch_ids)
             found.extend(warned)
         values = np.concatenate(rows) if rows else np.empty((0, len(self.vocabulary)))
-        extra: dict[str, str] = {}
-        if self.calibrator is not None:
-            values = self.calibrator.transform_array(values, self.concept_ids)
-            extra = {"concept_calibration": self.calibrator.method}
         table = pd.DataFrame(values, index=pd.Index(ids, name="image", dtype=object),
                              columns=pd.Index(self.concept_ids, dtype=object))
         scores = ConceptScores(
             table=table,
-            config={**self.config.to_dict(), "batch_size": self.text_batch_size(), **extra},
+            config={**self.config.to_dict(), "batch_size": self.text_batch_size()},
             backbone=self.backbone.identity.to_dict(),
             vocabulary_hash=self.vocabulary.hash,
             concept_names=self.concept_names,
@@ -770,10 +767,7 @@ class ConceptScorer:
             ``(B, K)`` float32 tensor, columns in vocabulary order.
         """
         features = self._forward(pixel_values)
-        out = self._scores_from_features(features.global_embeds, features.patch_embeds)
-        if self.calibrator is not None:
-            out = self.calibrator.transform_tensor(out, self.concept_ids)
-        return out
+        return self._scores_from_features(features.global_embeds, features.patch_embeds)
 
     def patch_scores_tensor(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Per-patch local scores, differentiable w.r.t. ``pixel_values``.
