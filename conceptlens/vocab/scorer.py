@@ -327,6 +327,7 @@ class ConceptScorer:
         text_cache_dir: Any = None,
         reference: EmbeddingReference | str | None = "default",
         input_checks: InputChecks | None = InputChecks(),  # noqa: B008 - frozen, immutable
+        calibrator: Any = None,
     ) -> None:
         if not isinstance(backbone, Backbone):
             raise TypeError(f"backbone must be a conceptlens Backbone, got {type(backbone).__name__}")
@@ -367,6 +368,9 @@ class ConceptScorer:
         if input_checks is not None and not isinstance(input_checks, InputChecks):
             raise TypeError(f"input_checks must be an InputChecks or None, got {type(input_checks).__name__}")
         self.input_checks = input_checks
+        # A fitted conceptlens.vocab.calibration.ConceptCalibrator (per-concept Platt /
+        # isotonic from concept labels), applied to score() and score_tensor(); None: raw.
+        self.calibrator = calibrator
 
     # -- construction ---------------------------------------------------------------------
 
@@ -679,11 +683,15 @@ class ConceptScorer:
             ids.extend(batch_ids)
             found.extend(warned)
         values = np.concatenate(rows) if rows else np.empty((0, len(self.vocabulary)))
+        extra: dict[str, str] = {}
+        if self.calibrator is not None:
+            values = self.calibrator.transform_array(values, self.concept_ids)
+            extra = {"concept_calibration": self.calibrator.method}
         table = pd.DataFrame(values, index=pd.Index(ids, name="image", dtype=object),
                              columns=pd.Index(self.concept_ids, dtype=object))
         scores = ConceptScores(
             table=table,
-            config={**self.config.to_dict(), "batch_size": self.text_batch_size()},
+            config={**self.config.to_dict(), "batch_size": self.text_batch_size(), **extra},
             backbone=self.backbone.identity.to_dict(),
             vocabulary_hash=self.vocabulary.hash,
             concept_names=self.concept_names,
@@ -767,7 +775,10 @@ class ConceptScorer:
             ``(B, K)`` float32 tensor, columns in vocabulary order.
         """
         features = self._forward(pixel_values)
-        return self._scores_from_features(features.global_embeds, features.patch_embeds)
+        out = self._scores_from_features(features.global_embeds, features.patch_embeds)
+        if self.calibrator is not None:
+            out = self.calibrator.transform_tensor(out, self.concept_ids)
+        return out
 
     def patch_scores_tensor(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Per-patch local scores, differentiable w.r.t. ``pixel_values``.
