@@ -114,17 +114,22 @@ def main() -> None:
         "cpu_cores": os.cpu_count(),
     }
 
+    side = 384 if args.size == "full" else 64
+    log(f"writing {args.images} {side} px JPEG files with {workers} processes")
+    folder = work / "images"
+    make_folder(folder, args.images, side, workers)  # before CUDA starts (the pool forks)
+    try:
+        result["dev_shm_bytes"] = shutil.disk_usage("/dev/shm").total
+    except OSError:
+        result["dev_shm_bytes"] = None
+
     log("building the model")
     model, processor = create_reference_model(args.size, seed=0)
     model.to(device=device, dtype=torch.bfloat16)
     backbone = ConceptCLIPBackbone(model, processor, model_id=f"reference-{args.size}-random")
-    side = int(backbone.image_size[0])
+    assert int(backbone.image_size[0]) == side
     result["input_px"] = side
     result["parameters"] = int(sum(p.numel() for p in model.parameters()))
-
-    log(f"writing {args.images} {side} px JPEG files with {workers} processes")
-    folder = work / "images"
-    make_folder(folder, args.images, side, workers)
 
     log("bare forward")
     pixels = torch.randn(args.batch_size, 3, side, side, device=device, dtype=torch.bfloat16)
@@ -157,7 +162,12 @@ def main() -> None:
     if cuda:
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    scores = scorer.score(folder)
+    try:
+        scores = scorer.score(folder)
+    except Exception as error:  # noqa: BLE001 - keep the numbers measured so far
+        result["stream_error"] = f"{type(error).__name__}: {error}"[:2000]
+        print(json.dumps(result, indent=2))
+        raise
     if cuda:
         torch.cuda.synchronize()
     wall = time.perf_counter() - t0
