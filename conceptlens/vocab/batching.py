@@ -125,10 +125,11 @@ def iter_feature_batches(
         pin_memory=cuda, prefetch_factor=4 if workers else None,
         multiprocessing_context="fork" if workers else None,
     )
+    batches = iter(loader)  # forks the workers before the writer thread starts
     writer = _StoreWriter(cache) if cache is not None else None
     bar = tqdm(total=count, disable=not progress, unit="img", desc=desc)
     try:
-        for batch in _in_order(loader, batch_size):
+        for batch in _in_order(batches, batch_size):
             bar.update(len(batch.records))
             features = encode_records(backbone, stream, batch, cache=cache, sink=writer,
                                       errors=errors, need_patches=need_patches)
@@ -140,7 +141,7 @@ def iter_feature_batches(
             writer.close()
 
 
-def _in_order(loader: DataLoader, block: int) -> Iterator[RecordBatch]:
+def _in_order(loader: Iterator[RecordBatch], block: int) -> Iterator[RecordBatch]:
     """The loader's batches sorted by block (they arrive in order; this guards it)."""
     waiting: dict[int, RecordBatch] = {}
     expected = 0
