@@ -126,6 +126,49 @@ class TCAVResult:
         return (f"<section class='tcav'><h2>Concept sensitivity (TCAV)</h2>{self._repr_html_()}"
                 "</section>")
 
+    def report_sections(self, title: str = "Concept sensitivity (TCAV)") -> list[Any]:
+        """Sections for a :class:`~conceptlens.explain.report.Report`: the per-concept table,
+        the bar chart and the settings (collapsed); every number is in the report's JSON twin.
+
+        Unlike :meth:`report_section` (an HTML string), these go through the report's
+        autoescaped template::
+
+            report = Report("TCAV")
+            report.sections.extend(result.report_sections())   # or: for s in ...: report.add(s)
+            report.save("out", "tcav")
+        """
+        from conceptlens.explain.report.document import Facts, Figures, Table
+
+        n_sig = int(self.table["significant"].sum())
+        caption = (f"Fraction of {self.n_inputs} inputs whose score for {self.target} rises along "
+                   f"each concept's activation vector ({self.settings.get('n_runs', '?')} runs "
+                   f"against random image sets). A concept is significant when it differs from "
+                   f"random vectors at p < {self.alpha} after Bonferroni correction and its "
+                   f"vectors separate its examples from random images. {n_sig} of "
+                   f"{len(self.table)} concepts are significant.")
+        columns = ["tcav_mean", "tcav_std", "random_mean", "random_std", "p_adjusted",
+                   "significant", "direction", "cav_accuracy", "magnitude_mean"]
+        frame = self.table[[c for c in columns if c in self.table.columns]].reset_index()
+        frame = frame.rename(columns={frame.columns[0]: "concept"})
+        frame["concept"] = frame["concept"].astype(str)
+        ax = self.plot()
+        data = {"concepts": [str(k) for k in self.table.index],
+                "tcav_mean": self.table["tcav_mean"].tolist(),
+                "tcav_std": self.table["tcav_std"].tolist(),
+                "random_mean": float(self.table["random_mean"].iloc[0]),
+                "random_std": float(self.table["random_std"].iloc[0]),
+                "significant": [bool(s) for s in self.table["significant"]]}
+        return [
+            Table(title, caption=caption, frame=frame),
+            Figures.from_matplotlib(f"{title}: plot", ax.figure, data=data,
+                                    caption="Bars: mean TCAV score per concept (error bars: SD over "
+                                            "runs); band: random vectors' mean +- SD; * significant.",
+                                    alts=[f"TCAV bar chart for {self.target}"]),
+            Facts(f"{title}: settings", facts={"target": self.target, "layer": self.layer,
+                                               "inputs": self.n_inputs, "alpha": self.alpha,
+                                               **self.settings}, collapsed=True),
+        ]
+
     def __repr__(self) -> str:
         sig = [str(k) for k, s in self.table["significant"].items() if s]
         return f"TCAVResult({self.target}, layer={self.layer!r}, significant: {sig})"

@@ -254,6 +254,27 @@ class ConceptCalibrator:
         new.score_config_ = dict(data.get("score_config") or {})
         return new
 
+    def report_sections(self, title: str = "Concept calibration maps") -> list[Any]:
+        """A table of the fitted map per concept for a :class:`~conceptlens.explain.report.Report`
+        (for ECE before/after and the reliability plot use
+        :meth:`CalibrationReport.report_sections` of :func:`calibration_report`)::
+
+            report.sections.extend(calibrator.report_sections())   # or: report.add(...)
+        """
+        from conceptlens.explain.report.document import Table
+
+        self._check([])
+        rows = []
+        for cid in self.concept_ids_:
+            p = self.params_[cid]
+            rows.append({"concept": cid, "a": p.get("a"), "b": p.get("b"),
+                         "knots": len(p["x"]) if "x" in p else None})
+        caption = (f"Each concept's score is mapped to a probability by {self.method} calibration "
+                   "fitted on concept labels" + (": p = sigmoid(a * score + b)." if
+                                                  self.method == "platt" else
+                                                  " (a non-decreasing step function)."))
+        return [Table(title, caption=caption, frame=pd.DataFrame(rows), collapsed=True)]
+
     def __repr__(self) -> str:
         fitted = f", {len(self.concept_ids_)} concepts" if self.is_fitted else ", not fitted"
         return f"ConceptCalibrator(method={self.method!r}{fitted})"
@@ -336,6 +357,41 @@ class CalibrationReport:
                title=f"Concept score reliability ({self.method})")
         ax.legend(loc="upper left", fontsize="small")
         return ax
+
+    def report_sections(self, title: str = "Concept score calibration") -> list[Any]:
+        """Sections for a :class:`~conceptlens.explain.report.Report`: pooled ECE before and
+        after, ECE per concept and the reliability plot (numbers in the JSON twin)::
+
+            summary = calibration_report(calibrator, held_out_scores, held_out_labels)
+            report = Report("Calibration")
+            report.sections.extend(summary.report_sections())   # or: for s in ...: report.add(s)
+            report.save("out", "calibration")
+        """
+        from conceptlens.explain.report.document import Facts, Figures, Table
+
+        before, after = self.ece_before, self.ece_after
+        caption = (f"Expected calibration error (ECE, {self.n_bins} bins) of the concept scores "
+                   f"against concept labels on {len(self.labels)} images, before and after "
+                   f"{self.method} calibration: {before:.3f} before, {after:.3f} after, all "
+                   "concepts pooled. Lower is better.")
+        frame = self.table.reset_index()
+        frame = frame.rename(columns={frame.columns[0]: "concept"})
+        frame["concept"] = frame["concept"].astype(str)
+        ax = self.plot()
+        return [
+            Facts(title, caption=caption, facts={"method": self.method, "images": len(self.labels),
+                                                 "concepts": len(self.table), "bins": self.n_bins,
+                                                 "ECE before": before, "ECE after": after}),
+            Table(f"{title}: per concept", caption="ECE before and after, per concept.",
+                  frame=frame),
+            Figures.from_matplotlib(f"{title}: reliability", ax.figure,
+                                    caption="Fraction of images with the concept per bin of "
+                                            "predicted probability, before and after; the diagonal "
+                                            "is perfect calibration.",
+                                    alts=["Reliability diagram before and after calibration"],
+                                    data={"ece_before": before, "ece_after": after,
+                                          "n_bins": self.n_bins}),
+        ]
 
     def __repr__(self) -> str:
         return (f"CalibrationReport({self.method}, {len(self.table)} concepts, ECE "

@@ -126,6 +126,32 @@ class LearnedConceptVector:
         return (f"LearnedConceptVector({self.concept_id!r}, D={len(self.global_vector)}, "
                 f"{self.n_positives} pos / {self.n_negatives} neg ({self.negatives}), {val})")
 
+    def report_sections(self, title: str | None = None) -> list[Any]:
+        """Sections for a :class:`~conceptlens.explain.report.Report`: how the concept was
+        learned and its held-out accuracy (numbers in the JSON twin)::
+
+            report = Report("Learned concepts")
+            report.sections.extend(learned_vector(concept).report_sections())  # or report.add
+            report.save("out", "concepts")
+        """
+        from conceptlens.explain.report.document import Facts
+
+        v = self.validation
+        caption = (f"Concept learned from {self.n_positives} positive and {self.n_negatives} "
+                   f"negative example images ({self.negatives}).")
+        if "global_auc" in v:
+            caption += (f" On {int(v.get('n_holdout_pos', 0))} + {int(v.get('n_holdout_neg', 0))} "
+                        f"held-out examples: AUC {v['global_auc']:.3f}"
+                        + (f", accuracy {v['global_accuracy']:.3f}" if "global_accuracy" in v
+                           else "") + ".")
+        facts: dict[str, Any] = {"concept": self.concept_id, "dimension": len(self.global_vector),
+                                 "positives": self.n_positives, "negatives": self.n_negatives,
+                                 "negatives from": self.negatives}
+        facts.update({f"held-out {k.replace('_', ' ')}": val for k, val in v.items()})
+        facts["fingerprint"] = self.fingerprint
+        return [Facts(title or f"Concept learned from examples: {self.concept_id}",
+                      caption=caption, facts=facts)]
+
     def _repr_html_(self) -> str:
         rows = [("concept", self.concept_id), ("dimension", str(len(self.global_vector))),
                 ("positives", str(self.n_positives)),

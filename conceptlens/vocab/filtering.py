@@ -76,6 +76,31 @@ class ConceptFilterResult:
         counts = self.dropped["filter"].value_counts().to_dict() if len(self.dropped) else {}
         return f"ConceptFilterResult(kept {len(self.kept)}, dropped {len(self.dropped)} {counts})"
 
+    def report_sections(self, title: str = "Concept-set filtering") -> list[Any]:
+        """Sections for a :class:`~conceptlens.explain.report.Report`: what was dropped and why
+        (one row per concept, with the statistic and its threshold) and the thresholds used::
+
+            report = Report("Vocabulary")
+            report.sections.extend(result.report_sections())   # or: for s in ...: report.add(s)
+            report.save("out", "vocabulary")
+        """
+        from conceptlens.explain.report.document import Facts, Table, Text
+
+        counts = self.dropped["filter"].value_counts().to_dict() if len(self.dropped) else {}
+        caption = (f"Kept {len(self.kept)} concepts, dropped {len(self.dropped)}: concepts never "
+                   "active on the reference images, too similar to a class name, or "
+                   "near-duplicates of an earlier concept.")
+        facts = {"kept": len(self.kept), "dropped": len(self.dropped),
+                 **{f"dropped ({name})": int(counts.get(name, 0)) for name in FILTERS},
+                 **{k: v for k, v in self.settings.items()}}
+        sections: list[Any] = [Facts(title, caption=caption, facts=facts)]
+        if len(self.dropped):
+            sections.append(Table(f"{title}: dropped concepts", caption="Each dropped concept, "
+                                  "the filter that dropped it and why.", frame=self.dropped.copy()))
+        else:
+            sections.append(Text(f"{title}: dropped concepts", text="No concept was dropped."))
+        return sections
+
     def _repr_html_(self) -> str:
         head = (f"<p>Concept-set filtering: kept <b>{len(self.kept)}</b>, dropped "
                 f"<b>{len(self.dropped)}</b>.</p>")

@@ -260,6 +260,37 @@ class MPRTCascade:
         ax.figure.tight_layout()
         return ax
 
+    def report_sections(self, title: str = "Model randomisation cascade (MPRT)") -> list[Any]:
+        """Sections for a :class:`~conceptlens.explain.report.Report`: the step table and the
+        cascade plot (its numbers are in the report's JSON twin)::
+
+            report = Report("Sanity checks")
+            report.sections.extend(cascade.report_sections())   # or: for s in ...: report.add(s)
+            report.save("out", "sanity")
+        """
+        from conceptlens.explain.report.document import Figures, Table
+
+        last = self.table.iloc[-1]
+        caption = (f"Layers are randomised one more at a time from the top; after each step the "
+                   f"explanation is compared with the original one "
+                   f"({'absolute values' if self.absolute else 'signed values'}). An explanation "
+                   f"that depends on the model falls towards 0. After all "
+                   f"{len(self.table) - 1} layers: Spearman {float(last.spearman):.3f}, SSIM "
+                   f"{float(last.ssim):.3f}.")
+        frame = self.table[["step", "layer", "spearman", "ssim"]].copy()
+        frame["layer"] = [str(name) or "original" for name in frame["layer"]]
+        ax = self.plot()
+        data = {"steps": [int(s) for s in self.table["step"]],
+                "layers": ["original", *self.layers],
+                "spearman": self.table["spearman"].tolist(), "ssim": self.table["ssim"].tolist()}
+        return [
+            Table(title, caption=caption, frame=frame),
+            Figures.from_matplotlib(f"{title}: plot", ax.figure, data=data,
+                                    caption="Similarity to the original explanation after each "
+                                            "step (top layer first).",
+                                    alts=["MPRT cascade: Spearman and SSIM per step"]),
+        ]
+
     def __repr__(self) -> str:
         last = self.table.iloc[-1]
         return (f"MPRTCascade({len(self.table) - 1} layers, after all: spearman {last.spearman:.3f}, "
