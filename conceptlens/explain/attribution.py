@@ -31,7 +31,12 @@ from captum.attr import (
 from torch import nn
 
 from conceptlens.errors import BaselineWarning, ConceptlensError, ConvergenceWarning
-from conceptlens.explain.baselines import BASELINES, BaselineChoice, choose_baseline
+from conceptlens.explain.baselines import (
+    BASELINES,
+    BaselineChoice,
+    choose_baseline,
+    scored_baseline,
+)
 from conceptlens.explain.completeness import adaptive_integrated_gradients, judge_completeness
 from conceptlens.explain.targets import (
     ConceptTarget,
@@ -311,11 +316,8 @@ def _resolve_baselines(baselines: Any, default: str, *, allow_many: bool, pixels
         return choose_baseline(baselines, pixels, forward, margin, backbone=backbone,
                                original_size=original_size, seed=0 if seed is None else seed)
     tensor = _user_baseline(baselines, pixels, allow_many=allow_many)
-    with torch.no_grad():
-        values = forward(tensor).detach().double().cpu().numpy()
-        margins = None if margin is None else margin(tensor).detach().double().cpu().numpy()
     name = "tensor" if isinstance(baselines, torch.Tensor) else "number"
-    return BaselineChoice(name, tensor, values, margins)
+    return scored_baseline(name, tensor, pixels, forward, margin)
 
 
 def _grid_of(backbone: Any) -> tuple[int, int]:
@@ -572,7 +574,7 @@ def attribute(
         raw=raw, map=mapped, method=name, target=resolved, image=loaded.image,
         pixel_values=pixels.detach(), forward=forward,
         baselines=None if choice is None else choice.tensor,
-        target_value=target_value, params=params, **evidence, **_baseline_evidence(choice, margin, pixels),
+        target_value=target_value, params=params, **evidence, **_baseline_evidence(choice),
     )
     _warn_about(result)
     return result
@@ -592,15 +594,10 @@ def _check_settings(n_steps: Any, tolerance: float, max_steps: int, internal_bat
         raise ValueError(f"nt_samples must be >= 1, got {nt_samples}")
 
 
-def _baseline_evidence(choice: BaselineChoice | None, margin: Any, pixels: torch.Tensor) -> dict[str, Any]:
+def _baseline_evidence(choice: BaselineChoice | None) -> dict[str, Any]:
     if choice is None:
         return {}
-    same_side = None
-    if choice.margin is not None and margin is not None:
-        with torch.no_grad():
-            input_margin = float(margin(pixels)[0])
-        same_side = bool(input_margin != 0 and np.sign(choice.margin) == np.sign(input_margin))
-    return {"baseline": choice.name, "baseline_value": choice.value, "baseline_same_side": same_side,
+    return {"baseline": choice.name, "baseline_value": choice.value, "baseline_same_side": choice.same_side,
             "baseline_candidates": choice.candidates}
 
 

@@ -18,7 +18,7 @@ scores, prompt similarities) it picks the candidate with the least evidence (low
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -27,7 +27,8 @@ from PIL import Image
 
 from conceptlens.explain.metrics.perturbation import make_baseline
 
-__all__ = ["BASELINES", "CANDIDATES", "BaselineChoice", "baseline_images", "choose_baseline"]
+__all__ = ["BASELINES", "CANDIDATES", "BaselineChoice", "baseline_images", "choose_baseline",
+           "scored_baseline"]
 
 BASELINES: dict[str, str] = {
     "auto": "the candidate nearest the decision boundary and not on the input's side (see module)",
@@ -57,6 +58,7 @@ class BaselineChoice:
         margins: ``(N,)`` signed distance to the decision boundary at each baseline
             (positive: the target's decision holds), or ``None`` without a boundary.
         candidates: For ``"auto"``: candidate name -> ``f`` value, as scored when choosing.
+        input_margin: The input's own margin to the decision boundary, or ``None``.
     """
 
     name: str
@@ -64,6 +66,7 @@ class BaselineChoice:
     values: np.ndarray
     margins: np.ndarray | None = None
     candidates: dict[str, float] | None = None
+    input_margin: float | None = None
 
     @property
     def value(self) -> float:
@@ -74,6 +77,14 @@ class BaselineChoice:
     def margin(self) -> float | None:
         """Mean margin of the baseline(s) to the decision boundary (``None`` without one)."""
         return None if self.margins is None else float(np.mean(self.margins))
+
+    @property
+    def same_side(self) -> bool | None:
+        """Whether the baseline lies on the input's side of the decision boundary (``None``
+        without a boundary; ``False`` for an input exactly on it)."""
+        if self.margin is None or self.input_margin is None:
+            return None
+        return bool(self.input_margin != 0 and np.sign(self.margin) == np.sign(self.input_margin))
 
 
 def _through_preprocessing(backbone: Any, image: Image.Image, like: torch.Tensor) -> torch.Tensor:
@@ -118,6 +129,23 @@ def _evaluate(fn: Callable[[torch.Tensor], torch.Tensor] | None, batch: torch.Te
         return fn(batch).detach().double().cpu().numpy()
 
 
+def scored_baseline(
+    name: str,
+    tensor: torch.Tensor,
+    pixels: torch.Tensor,
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    margin: Callable[[torch.Tensor], torch.Tensor] | None,
+    candidates: dict[str, float] | None = None,
+) -> BaselineChoice:
+    """A :class:`BaselineChoice` for given baseline image(s) ``(N, 3, H, W)``: ``f`` and the
+    margins at each, and the input's own margin."""
+    values = _evaluate(forward, tensor)
+    assert values is not None
+    input_margins = _evaluate(margin, pixels)
+    return BaselineChoice(name, tensor, values, _evaluate(margin, tensor), candidates,
+                          None if input_margins is None else float(input_margins[0]))
+
+
 def choose_baseline(
     kind: str,
     pixels: torch.Tensor,
@@ -144,18 +172,15 @@ def choose_baseline(
     batch = torch.cat([
         baseline_images(n, pixels, backbone=backbone, original_size=original_size, seed=seed) for n in names
     ])
-    values = _evaluate(forward, batch)
-    margins = _evaluate(margin, batch)
-    assert values is not None
+    scored = scored_baseline(kind, batch, pixels, forward, margin)
+    values, margins, input_margin = scored.values, scored.margins, scored.input_margin
+    candidates = dict(zip(names, values.tolist(), strict=True))
     if kind != "auto":
-        return BaselineChoice(kind, batch, values, margins,
-                              dict(zip(names, values.tolist(), strict=True)) if kind == "expected" else None)
-    if margins is None:
+        return replace(scored, candidates=candidates if kind == "expected" else None)
+    if margins is None or input_margin is None:
         best = int(np.argmin(values))
     else:
-        input_margin = _evaluate(margin, pixels)
-        assert input_margin is not None
-        side = np.sign(input_margin[0])
+        side = np.sign(input_margin)
         admissible = np.sign(margins) != side if side != 0 else np.ones(len(margins), dtype=bool)
         distance = np.abs(margins)
         pool = np.flatnonzero(admissible) if admissible.any() else np.arange(len(margins))
@@ -165,5 +190,6 @@ def choose_baseline(
         tensor=batch[best : best + 1],
         values=values[best : best + 1],
         margins=None if margins is None else margins[best : best + 1],
-        candidates=dict(zip(names, values.tolist(), strict=True)),
+        candidates=candidates,
+        input_margin=input_margin,
     )

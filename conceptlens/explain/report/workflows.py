@@ -37,14 +37,6 @@ def model_notice(backbone: Any) -> str | None:
     return None
 
 
-def _warnings_of(scores: Any, image_id: Any) -> list[dict[str, Any]]:
-    table = getattr(scores, "warnings", None)
-    if not isinstance(table, pd.DataFrame) or table.empty or "image_id" not in table:
-        return []
-    rows = table[table["image_id"].astype(str) == str(image_id)]
-    return rows[["kind", "message"]].to_dict(orient="records")
-
-
 def explain_items(
     scorer: Any,
     images: Any,
@@ -87,7 +79,7 @@ def explain_items(
         loaded = loaders[image_id]()
         row = scores.table.loc[image_id]
         item = ImageExplanation(image_id=str(image_id), image=loaded.image, scores=row, concept_names=names,
-                                warnings=_warnings_of(scores, image_id))
+                                warnings=scores.warnings_for(image_id))
         if bottleneck is not None:
             pred = predictions[i]
             item.prediction = str(pred)
