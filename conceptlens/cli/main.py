@@ -19,26 +19,25 @@ def _steps(text: str) -> int | str:
     return "auto" if text.strip().lower() == "auto" else _positive_int(text)
 
 
-def _positive_int(text: str) -> int:
-    """argparse type: an int >= 1 (``--top-k -1`` is a usage error, not a silent no-op)."""
+def _int_at_least(minimum: int, text: str) -> int:
+    """An int >= ``minimum`` from an argument, or argparse's usage error naming the bound."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+        raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an int >= 1 (``--top-k -1`` is a usage error, not a silent no-op)."""
+    return _int_at_least(1, text)
 
 
 def _non_negative_int(text: str) -> int:
     """argparse type: an int >= 0 (frame indices)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+    return _int_at_least(0, text)
 
 
 def _unit_float(text: str) -> float:
