@@ -226,11 +226,6 @@ class SyntheticDermoscopy:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
-    @property
-    def criteria_ids(self) -> list[str]:
-        """The seven criterion ids (the concept columns without the artifact)."""
-        return list(self.concept_ids[:7])
-
     def to_frame(self) -> pd.DataFrame:
         """One row per image: concept columns, ``score``, ``diagnosis`` and ``caption``."""
         frame = pd.DataFrame(self.concepts, columns=self.concept_ids)

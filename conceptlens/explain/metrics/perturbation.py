@@ -36,13 +36,6 @@ class PerturbationCurve:
     auc: float
     baseline: str
 
-    @property
-    def normalised_auc(self) -> float:
-        """AUC divided by the score of the unperturbed image (deletion) or the full image
-        reached at the end (insertion), for comparing images with different scores."""
-        ref = self.scores[0] if self.kind == "deletion" else self.scores[-1]
-        return float(self.auc / ref) if ref != 0 else float("nan")
-
     def __repr__(self) -> str:
         return (
             f"PerturbationCurve(kind={self.kind!r}, steps={len(self.fractions) - 1}, "
