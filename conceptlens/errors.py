@@ -15,6 +15,7 @@ __all__ = [
     "ConceptlensError",
     "ConceptlensWarning",
     "ConvergenceWarning",
+    "DeprecatedNameWarning",
     "InputQualityWarning",
     "ScoreSpaceMismatchError",
     "UnknownClassError",
@@ -43,6 +44,11 @@ class BaselineWarning(ConceptlensWarning):
     """The attribution baseline is not neutral for the target (e.g. scored on the same side
     of the decision as the input), so the attribution explains "more than the baseline",
     not "why"."""
+
+
+class DeprecatedNameWarning(ConceptlensWarning, FutureWarning):
+    """A name (function, argument, attribute) was renamed; the old one still works for one
+    release. Shown by default, like scikit-learn's ``FutureWarning`` for deprecations."""
 
 
 class InputQualityWarning(ConceptlensWarning):
