@@ -27,14 +27,14 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image
 
-from conceptlens.models.images import (
+from conceptlens.models.pixels import (
     DEFAULT_MAX_PIXELS,
     ImageLoadError,
     ImageNotFoundError,
     LoadedImage,
-    _check_max_pixels_argument,
-    _check_pixels,
-    _resolve_frame,
+    check_max_pixels_argument,
+    check_pixel_count,
+    resolve_frame,
     to_uint8,
 )
 
@@ -89,7 +89,7 @@ def read_dicom(
         Not a DICOM file, no pixel data, undecodable pixel data, too many pixels, or a
         multi-frame file without a valid ``frame``.
     """
-    _check_max_pixels_argument(max_pixels)
+    check_max_pixels_argument(max_pixels)
     pydicom = _import_pydicom()
     if name is None:
         name = str(source) if isinstance(source, (str, os.PathLike)) else str(
@@ -110,9 +110,9 @@ def read_dicom(
             f"SOP class {_sop_class_name(dataset)}); it is not an image"
         )
     rows, columns = int(dataset.get("Rows", 0) or 0), int(dataset.get("Columns", 0) or 0)
-    _check_pixels(name, (columns, rows), max_pixels)
+    check_pixel_count(name, (columns, rows), max_pixels)
     n_frames = _number_of_frames(dataset)
-    frame_index = _resolve_frame(name, frame, n_frames)
+    frame_index = resolve_frame(name, frame, n_frames)
     photometric = str(dataset.get("PhotometricInterpretation", "")).upper()
     if window is not None and photometric not in _MONOCHROME:
         raise ImageLoadError(name, f"window= applies to grayscale images, not {photometric}")

@@ -32,7 +32,6 @@ import io
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeAlias
 
@@ -40,7 +39,18 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from conceptlens._io.files import os_error_reason
-from conceptlens.errors import ConceptlensError
+from conceptlens.models.dicom import read_dicom
+from conceptlens.models.pixels import (
+    DEFAULT_MAX_PIXELS,
+    DefaultFrame,
+    ImageLoadError,
+    ImageNotFoundError,
+    LoadedImage,
+    check_max_pixels_argument,
+    check_pixel_count,
+    resolve_frame,
+    to_uint8,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -62,10 +72,6 @@ __all__ = [
     "to_uint8",
 ]
 
-#: Default limit on ``width * height`` of one image (about 179 M pixels). It equals the point at
-#: which Pillow itself refuses to open a file (twice ``PIL.Image.MAX_IMAGE_PIXELS``'s default),
-#: so a 13 000 x 13 000 image still loads while a decompression bomb does not.
-DEFAULT_MAX_PIXELS: int = 2 * 89_478_485
 
 #: File-name suffixes (lower case) that :func:`is_image_file` accepts without reading the file.
 IMAGE_SUFFIXES: frozenset[str] = frozenset(
@@ -78,72 +84,6 @@ _DICOM_MAGIC = b"DICM"
 
 #: What :func:`load_image` accepts.
 ImageSource: TypeAlias = "str | os.PathLike[str] | bytes | bytearray | memoryview | BinaryIO | Image.Image | np.ndarray | torch.Tensor"  # noqa: E501
-
-
-class ImageLoadError(ConceptlensError, ValueError):
-    """An image could not be loaded; the message names the source and the reason.
-
-    Parameters
-    ----------
-    source : str
-        The path, or a description such as ``"<numpy.ndarray>"``, of the image at fault.
-    reason : str
-        What went wrong and, where possible, what to do about it.
-
-    Attributes
-    ----------
-    source, reason : str
-        The two parts of the message, for programs that report bad items in a batch.
-    """
-
-    def __init__(self, source: str, reason: str) -> None:
-        self.source = source
-        self.reason = reason
-        super().__init__(f"cannot load image {source!r}: {reason}")
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.source, self.reason))
-
-
-class ImageNotFoundError(ImageLoadError, FileNotFoundError):
-    """The image path does not exist (both an :class:`ImageLoadError` and a
-    :class:`FileNotFoundError`)."""
-
-
-@dataclass(frozen=True)
-class LoadedImage:
-    """An image ready for a backbone's preprocessing, with where it came from.
-
-    Attributes
-    ----------
-    image : PIL.Image.Image
-        The image in mode ``"RGB"`` (8 bits per channel), EXIF orientation applied.
-    original_size : tuple[int, int]
-        ``(width, height)`` of ``image``: the grid onto which maps are drawn back.
-    source : str
-        The path, or a description such as ``"<PIL.Image>"`` or ``"<numpy.ndarray>"``.
-    meta : dict
-        What was done on the way: ``"format"`` (``"PNG"``, ``"DICOM"``, ``"array"`` ...),
-        ``"mode"`` (the source's PIL mode or array dtype), ``"bit_depth"``,
-        ``"intensity_scaling"``, ``"exif_transposed"``, ``"alpha"``, ``"n_frames"``,
-        ``"frame"`` and, for DICOM, the modality LUT and window used (see
-        :func:`conceptlens.models.dicom.read_dicom`).
-    """
-
-    image: Image.Image
-    original_size: tuple[int, int]
-    source: str
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def width(self) -> int:
-        """Width of :attr:`image` in pixels."""
-        return self.original_size[0]
-
-    @property
-    def height(self) -> int:
-        """Height of :attr:`image` in pixels."""
-        return self.original_size[1]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -204,9 +144,9 @@ def load_image(
     >>> loaded.image.mode, loaded.original_size
     ('RGB', (30, 20))
     """
-    _check_max_pixels_argument(max_pixels)
+    check_max_pixels_argument(max_pixels)
     if frame is None and default_frame is not None:
-        frame = _DefaultFrame(default_frame)
+        frame = DefaultFrame(default_frame)
     if isinstance(source, (str, os.PathLike)):
         return _load_path(Path(source), frame=frame, max_pixels=max_pixels)
     if isinstance(source, (bytes, bytearray, memoryview)):
@@ -440,45 +380,6 @@ def resize_map_to_original(
     return by_rows[:, cols_low] * (1 - cols_weight) + by_rows[:, cols_high] * cols_weight
 
 
-def to_uint8(array: np.ndarray) -> tuple[np.ndarray, str]:
-    """Convert intensities of any numeric dtype to ``uint8`` by the module's documented rules.
-
-    Parameters
-    ----------
-    array : numpy.ndarray
-        Any shape; bool, integer or floating-point values.
-
-    Returns
-    -------
-    tuple[numpy.ndarray, str]
-        The ``uint8`` array (same shape) and a short description of the scaling applied.
-    """
-    array = np.asarray(array)
-    if array.dtype == np.uint8:
-        return array, "none"
-    if array.dtype == np.bool_:
-        return array.astype(np.uint8) * np.uint8(255), "bool*255"
-    if np.issubdtype(array.dtype, np.integer):
-        if array.size == 0:
-            return array.astype(np.uint8), "none"
-        low, high = int(array.min()), int(array.max())
-        if array.dtype == np.uint16 or (low >= 0 and high <= 65535):
-            scaled = np.rint(array.astype(np.float64) * (255.0 / 65535.0))
-            return scaled.astype(np.uint8), "16-bit range: value*255/65535"
-        return _min_max(array.astype(np.float64), low, high)
-    if np.issubdtype(array.dtype, np.floating):
-        work = array.astype(np.float64)
-        finite = np.isfinite(work)
-        work[~finite] = 0.0
-        if not finite.any():
-            return np.zeros(array.shape, dtype=np.uint8), "non-finite -> 0"
-        low, high = float(work[finite].min()), float(work[finite].max())
-        if low >= 0.0 and high <= 1.0:
-            return np.rint(work * 255.0).astype(np.uint8), "float in [0, 1]: value*255"
-        return _min_max(work, low, high)
-    raise TypeError(f"unsupported dtype {array.dtype}; expected bool, integer or float values")
-
-
 # ----------------------------------------------------------------------------------------------
 # Loaders per source kind
 # ----------------------------------------------------------------------------------------------
@@ -500,15 +401,11 @@ def _load_path(path: Path, *, frame: int | None, max_pixels: int | None) -> Load
     if size == 0:
         raise ImageLoadError(name, "empty file (0 bytes)")
     if path.suffix.lower() in _DICOM_SUFFIXES:
-        from conceptlens.models.dicom import read_dicom
-
         return read_dicom(path, frame=frame, max_pixels=max_pixels)
     try:
         # One open per file: the DICOM marker is read from the handle that then decodes.
         with open(path, "rb") as handle:
             if _stream_has_dicom_magic(handle):
-                from conceptlens.models.dicom import read_dicom
-
                 return read_dicom(handle, frame=frame, max_pixels=max_pixels, name=name)
             return _load_stream(handle, name, frame=frame, max_pixels=max_pixels,
                                 dicom_checked=True)
@@ -521,8 +418,6 @@ def _load_path(path: Path, *, frame: int | None, max_pixels: int | None) -> Load
 def _load_stream(stream: BinaryIO, name: str, *, frame: int | None, max_pixels: int | None,
                  dicom_checked: bool = False) -> LoadedImage:
     if not dicom_checked and _stream_has_dicom_magic(stream):
-        from conceptlens.models.dicom import read_dicom
-
         return read_dicom(stream, frame=frame, max_pixels=max_pixels, name=name)
     try:
         with warnings.catch_warnings():
@@ -549,8 +444,8 @@ def _load_stream(stream: BinaryIO, name: str, *, frame: int | None, max_pixels: 
 def _load_pil(image: Image.Image, name: str, *, frame: int | None,
               max_pixels: int | None) -> LoadedImage:
     n_frames = int(getattr(image, "n_frames", 1) or 1)
-    frame_index = _resolve_frame(name, frame, n_frames)
-    _check_pixels(name, image.size, max_pixels)
+    frame_index = resolve_frame(name, frame, n_frames)
+    check_pixel_count(name, image.size, max_pixels)
     meta: dict[str, Any] = {
         "format": image.format or "PIL",
         "mode": image.mode,
@@ -576,11 +471,11 @@ def _load_pil(image: Image.Image, name: str, *, frame: int | None,
 def _load_array(array: np.ndarray, name: str, *, channels_first: bool, frame: int | None,
                 max_pixels: int | None) -> LoadedImage:
     original_dtype = str(array.dtype)
-    if frame not in (None, 0) and not isinstance(frame, _DefaultFrame):
+    if frame not in (None, 0) and not isinstance(frame, DefaultFrame):
         raise ImageLoadError(name, f"frame={frame} requested but an array holds a single frame")
     pixels = _to_channels_last(np.asarray(array), name, channels_first=channels_first)
     height, width = pixels.shape[:2]
-    _check_pixels(name, (width, height), max_pixels)
+    check_pixel_count(name, (width, height), max_pixels)
     try:
         as_uint8, scaling = to_uint8(pixels)
     except TypeError as error:
@@ -673,13 +568,6 @@ def _to_channels_last(array: np.ndarray, name: str, *, channels_first: bool) -> 
     raise ImageLoadError(name, reason)
 
 
-def _min_max(array: np.ndarray, low: float, high: float) -> tuple[np.ndarray, str]:
-    if high <= low:
-        return np.zeros(array.shape, dtype=np.uint8), f"constant ({low:g}) -> 0"
-    scaled = np.rint((array - low) * (255.0 / (high - low)))
-    return np.clip(scaled, 0, 255).astype(np.uint8), f"min-max [{low:g}, {high:g}] -> [0, 255]"
-
-
 def _interpolation_axis(n_out: int, n_cells: int,
                         fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Indices and weights to sample ``n_cells`` cell centres at ``n_out`` pixel centres."""
@@ -689,51 +577,6 @@ def _interpolation_axis(n_out: int, n_cells: int,
     low = np.floor(position).astype(np.intp)
     high = np.minimum(low + 1, n_cells - 1)
     return low, high, position - low
-
-
-class _DefaultFrame(int):
-    """A frame index that applies to multi-frame images only (``default_frame=``)."""
-
-
-def _resolve_frame(name: str, frame: int | None, n_frames: int) -> int:
-    if isinstance(frame, _DefaultFrame):
-        if n_frames == 1:
-            return 0
-        frame = int(frame)
-    if frame is None:
-        if n_frames > 1:
-            raise ImageLoadError(
-                name, f"has {n_frames} frames; pass frame= (0 to {n_frames - 1}) to pick one "
-                "(on the command line: --frame)"
-            )
-        return 0
-    if isinstance(frame, bool) or not isinstance(frame, (int, np.integer)):
-        raise ImageLoadError(name, f"frame must be an int, got {type(frame).__name__}")
-    if not 0 <= frame < n_frames:
-        raise ImageLoadError(
-            name, f"frame={frame} is out of range; the image has {n_frames} frame(s) "
-            f"(0 to {n_frames - 1})"
-        )
-    return int(frame)
-
-
-def _check_pixels(name: str, size: tuple[int, int], max_pixels: int | None) -> None:
-    width, height = size
-    if max_pixels is not None and width * height > max_pixels:
-        raise ImageLoadError(
-            name,
-            f"too many pixels: {width} x {height} = {width * height:,} exceeds "
-            f"max_pixels={max_pixels:,} (decompression-bomb guard); pass a larger max_pixels "
-            "if the file is trusted",
-        )
-
-
-def _check_max_pixels_argument(max_pixels: int | None) -> None:
-    if max_pixels is not None and (
-        isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer))
-        or max_pixels < 1
-    ):
-        raise ValueError(f"max_pixels must be a positive int or None, got {max_pixels!r}")
 
 
 def _has_exif_rotation(image: Image.Image) -> bool:

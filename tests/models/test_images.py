@@ -326,3 +326,35 @@ def test_resize_map_rejects_bad_arguments():
         resize_map_to_original(np.zeros((2, 2)), (4, 4), covered_fraction=(0.0, 1.0))
     with pytest.raises(ValueError, match="original_size"):
         resize_map_to_original(np.zeros((2, 2)), (0, 4))
+
+
+# ---------------------------------------------------------------- module structure
+
+
+def test_images_and_dicom_import_without_a_cycle():
+    """``pixels`` is the low module both loaders build on: neither imports the other lazily,
+    and the shared names stay importable from ``images``."""
+    import ast
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import conceptlens.models.dicom as dicom
+    import conceptlens.models.images as images
+    import conceptlens.models.pixels as pixels
+
+    def imported(module):
+        return {node.module or "" for node in ast.walk(ast.parse(Path(module.__file__).read_text()))
+                if isinstance(node, ast.ImportFrom)}
+
+    assert "conceptlens.models.images" not in imported(dicom)
+    assert not [m for m in imported(pixels) if m.startswith("conceptlens.models")]
+    for module in (images, dicom):
+        tree = ast.parse(Path(module.__file__).read_text())
+        for function in (n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))):
+            local = [n.module for n in ast.walk(function) if isinstance(n, ast.ImportFrom)]
+            assert not [m for m in local if m and m.startswith("conceptlens.models")], (module, function.name)
+    for name in ("ImageLoadError", "ImageNotFoundError", "LoadedImage", "DEFAULT_MAX_PIXELS", "to_uint8"):
+        assert getattr(images, name) is getattr(pixels, name)
+    for first in ("conceptlens.models.dicom", "conceptlens.models.images"):
+        subprocess.run([sys.executable, "-c", f"import {first}"], check=True)
