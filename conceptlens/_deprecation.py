@@ -95,3 +95,26 @@ def deprecated_property(new: str, old: str) -> property:
         return getattr(self, new)
 
     return property(getter, doc=f"Deprecated alias of :attr:`{new}` (removed in {REMOVED_IN}).")
+
+
+def renamed_module_attributes(module: str, renames: dict[str, str]) -> Callable[[str], Any]:
+    """A module-level ``__getattr__`` serving old names of renamed functions and classes.
+
+    Args:
+        module: The module's ``__name__`` (for the error on a truly unknown name).
+        renames: Old name -> new name; the new name is looked up in the module when the old
+            one is accessed, with a :class:`DeprecatedNameWarning`.
+
+    Examples:
+        >>> import sys
+        >>> __getattr__ = renamed_module_attributes(__name__, {"old": "new"})  # doctest: +SKIP
+    """
+    import importlib
+
+    def __getattr__(name: str) -> Any:
+        if name in renames:
+            warn_renamed(f"{module}.{name}", renames[name])
+            return getattr(importlib.import_module(module), renames[name])
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+
+    return __getattr__

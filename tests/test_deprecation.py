@@ -40,3 +40,20 @@ def test_deprecated_property_reads_the_new_attribute():
 
     with pytest.warns(DeprecatedNameWarning, match=r"Curve\.normalised"):
         assert Curve().normalised == 3
+
+
+def test_british_names_of_the_first_release_still_work():
+    import numpy as np
+
+    from conceptlens.explain import metrics
+    from conceptlens.explain.metrics import sanity, similarity
+
+    with pytest.warns(DeprecatedNameWarning, match="randomization_check"):
+        assert metrics.randomisation_check is metrics.randomization_check
+    with pytest.warns(DeprecatedNameWarning):
+        assert metrics.RandomisationResult is sanity.RandomizationResult
+    a = np.arange(16.0).reshape(4, 4)
+    with pytest.warns(DeprecatedNameWarning, match="normalise"):
+        assert similarity.ssim(a, a, normalise=False) == pytest.approx(1.0)
+    with pytest.raises(AttributeError, match="no attribute"):
+        metrics.no_such_metric  # noqa: B018

@@ -18,7 +18,7 @@ from conceptlens.explain import (
     concept_maps,
     plot_concept_maps,
 )
-from conceptlens.explain.metrics import completeness_gap, deletion_curve, randomisation_check
+from conceptlens.explain.metrics import completeness_gap, deletion_curve, randomization_check
 from conceptlens.vocab.scorer import ConceptScorer
 from tests.explain._planted import bag_of_patches_backbone, tiny_backbone, vocabulary
 
@@ -153,13 +153,13 @@ def test_occluding_the_mapped_region_lowers_the_score_most(image):
     assert best_first.auc < worst_first.auc
 
 
-def test_randomisation_check_gives_lower_similarity(vocab, image):
+def test_randomization_check_gives_lower_similarity(vocab, image):
     def explain(bb):
         sc = ConceptScorer(bb, vocab, progress=False)
         return attribute(bb, image, vocab.ids[0], method="saliency", scorer=sc).map
 
     backbone = tiny_backbone()
-    result = randomisation_check(explain, backbone, 2)
+    result = randomization_check(explain, backbone, 2)
     assert len(result.layers) == 2
     assert result.spearman < 0.5 and result.ssim < 0.5
     # the original backbone is untouched: re-running gives the same map

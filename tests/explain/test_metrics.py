@@ -12,7 +12,7 @@ from conceptlens.explain.metrics import (
     make_baseline,
     map_auroc,
     pointing_game,
-    randomisation_check,
+    randomization_check,
     spearman_correlation,
     ssim,
 )
@@ -161,7 +161,7 @@ def test_ssim_of_constant_maps_is_the_luminance_term():
     a, b = np.full((12, 12), 0.2), np.full((12, 12), 0.6)
     c1 = (0.01 * 0.4) ** 2
     expected = (2 * 0.2 * 0.6 + c1) / (0.2**2 + 0.6**2 + c1)
-    assert ssim(a, b, normalise=False) == pytest.approx(expected, rel=1e-9)
+    assert ssim(a, b, normalize=False) == pytest.approx(expected, rel=1e-9)
     assert ssim(a, 1.0 - a) == pytest.approx(1.0)  # both normalise to zeros
 
 
@@ -182,20 +182,20 @@ def _gradient_map(model: nn.Module) -> np.ndarray:
     return x.grad[0, 0].detach().numpy()
 
 
-def test_randomisation_check_lower_similarity_and_model_untouched():
+def test_randomization_check_lower_similarity_and_model_untouched():
     net = _Net()
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    real = randomisation_check(_gradient_map, net, ["body"], seed=0)
+    real = randomization_check(_gradient_map, net, ["body"], seed=0)
     assert real.layers == ["body"]
     assert real.spearman < 0.9 and real.ssim < 0.9
     for k, v in net.state_dict().items():
         assert torch.equal(v, before[k])
     # a map that ignores the model passes the check perfectly: similarity 1
-    constant = randomisation_check(lambda m: np.arange(16.0).reshape(4, 4), net, 1)
+    constant = randomization_check(lambda m: np.arange(16.0).reshape(4, 4), net, 1)
     assert constant.spearman == pytest.approx(1.0) and constant.ssim == pytest.approx(1.0)
     assert constant.layers == ["head"]
     with pytest.raises(KeyError, match="nope"):
-        randomisation_check(_gradient_map, net, ["nope"])
+        randomization_check(_gradient_map, net, ["nope"])
 
 
 # -- MPRT cascade -------------------------------------------------------------------------------

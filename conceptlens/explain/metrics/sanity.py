@@ -1,8 +1,8 @@
-"""Sanity checks: the integrated-gradients completeness gap and model randomisation.
+"""Sanity checks: the integrated-gradients completeness gap and model randomization.
 
-:func:`randomisation_check` randomises a set of layers once; :func:`mprt_cascade` is the
-cascading model-parameter randomisation test (MPRT) of Adebayo et al. (2018), as Quantus
-runs it: starting from the top layer, layers are randomised one more at a time
+:func:`randomization_check` randomizes a set of layers once; :func:`mprt_cascade` is the
+cascading model-parameter randomization test (MPRT) of Adebayo et al. (2018), as Quantus
+runs it: starting from the top layer, layers are randomized one more at a time
 (cumulatively) and after each step the explanation of the partly random model is compared
 with the original one (Spearman rank correlation and SSIM of the absolute maps). An
 explanation that depends on the learned parameters falls off quickly; one that stays near 1
@@ -23,16 +23,22 @@ import pandas as pd
 import torch
 from torch import nn
 
+from conceptlens._deprecation import (
+    deprecated_alias,
+    deprecated_property,
+    renamed_module_attributes,
+    renamed_parameters,
+)
 from conceptlens.explain._spatial import to_numpy_2d
 from conceptlens.explain.metrics.similarity import spearman_correlation, ssim
 
 __all__ = [
     "MPRTCascade",
-    "RandomisationResult",
+    "RandomizationResult",
     "completeness_gap",
     "mprt_cascade",
-    "randomisation_check",
-    "randomise_layers",
+    "randomization_check",
+    "randomize_layers",
 ]
 
 
@@ -79,23 +85,25 @@ def completeness_gap(attributions: Any, f_x: Any, f_baseline: Any) -> float | np
 
 
 @dataclass
-class RandomisationResult:
-    """Outcome of :func:`randomisation_check`.
+class RandomizationResult:
+    """Outcome of :func:`randomization_check`.
 
     Attributes:
-        spearman: Spearman rank correlation between the original and randomised maps
+        spearman: Spearman rank correlation between the original and randomized maps
             (of absolute values by default). Near 1 means the explanation ignores the model.
         ssim: Structural similarity of the two maps (each min-max scaled).
         original: ``(H, W)`` map from the original model.
-        randomised: ``(H, W)`` map from the randomised copy.
-        layers: Qualified names of the modules whose parameters were randomised.
+        randomized: ``(H, W)`` map from the randomized copy.
+        layers: Qualified names of the modules whose parameters were randomized.
     """
 
     spearman: float
     ssim: float
     original: np.ndarray = field(repr=False)
-    randomised: np.ndarray = field(repr=False)
+    randomized: np.ndarray = field(repr=False)
     layers: list[str] = field(default_factory=list)
+
+    randomised = deprecated_property("randomized", "randomised")
 
 
 def _module_root(model: Any) -> nn.Module:
@@ -113,19 +121,19 @@ def _resolve_layer_names(model: Any, layers: int | Sequence[str | nn.Module]) ->
     root = _module_root(model)
     if isinstance(layers, int):
         if layers < 1:
-            raise ValueError(f"number of layers to randomise must be >= 1, got {layers}")
+            raise ValueError(f"number of layers to randomize must be >= 1, got {layers}")
         blocks: list[nn.Module]
         try:
             blocks = list(model.token_layers())  # a Backbone's transformer blocks
         except (AttributeError, NotImplementedError):
             blocks = [m for m in root.children() if any(True for _ in m.parameters())]
         if not blocks:
-            raise ValueError("model has no layers with parameters to randomise")
+            raise ValueError("model has no layers with parameters to randomize")
         chosen: list[str | nn.Module] = list(blocks[-layers:])
     else:
         chosen = list(layers)
         if not chosen:
-            raise ValueError("layers_to_randomise is empty")
+            raise ValueError("layers_to_randomize is empty")
     ids = {id(m): name for name, m in root.named_modules()}
     names = []
     for layer in chosen:
@@ -142,7 +150,7 @@ def _resolve_layer_names(model: Any, layers: int | Sequence[str | nn.Module]) ->
     return names
 
 
-def randomise_layers(model: Any, layer_names: Sequence[str], *, seed: int = 0) -> None:
+def randomize_layers(model: Any, layer_names: Sequence[str], *, seed: int = 0) -> None:
     """Overwrite, in place, every parameter under the named modules with Gaussian noise.
 
     Each parameter becomes ``N(0, s^2)`` where ``s`` is the parameter's own standard
@@ -167,15 +175,16 @@ def randomise_layers(model: Any, layer_names: Sequence[str], *, seed: int = 0) -
                 param.copy_(noise.to(param))
 
 
-def randomisation_check(
+@renamed_parameters(layers_to_randomise="layers_to_randomize")
+def randomization_check(
     explain_fn: Callable[[Any], Any],
     model: Any,
-    layers_to_randomise: int | Sequence[str | nn.Module],
+    layers_to_randomize: int | Sequence[str | nn.Module],
     *,
     seed: int = 0,
     absolute: bool = True,
-) -> RandomisationResult:
-    """Model-parameter randomisation test (Adebayo et al., 2018).
+) -> RandomizationResult:
+    """Model-parameter randomization test (Adebayo et al., 2018).
 
     Runs ``explain_fn`` on the model and on a deep copy whose top layers have random
     parameters, and compares the two maps. A faithful explanation changes: low rank
@@ -183,31 +192,31 @@ def randomisation_check(
 
     Args:
         explain_fn: ``model -> (H, W) map``; called once with ``model`` and once with the
-            randomised copy (for a Backbone, build the scorer inside it from the given
+            randomized copy (for a Backbone, build the scorer inside it from the given
             backbone, without a feature cache: the copy keeps the original's identity, so a
             cache keyed on it would serve the original model's features).
         model: An ``nn.Module`` or a Backbone (an object holding the module as ``.model``).
-        layers_to_randomise: Either an int ``n`` (the last ``n`` of ``model.token_layers()``,
+        layers_to_randomize: Either an int ``n`` (the last ``n`` of ``model.token_layers()``,
             or of the module's top-level children), or module names / modules of ``model``.
         seed: Seed of the random parameters.
         absolute: Compare ``|map|`` (importance irrespective of sign), the usual protocol.
 
     Returns:
-        :class:`RandomisationResult`.
+        :class:`RandomizationResult`.
     """
-    names = _resolve_layer_names(model, layers_to_randomise)
+    names = _resolve_layer_names(model, layers_to_randomize)
     original = to_numpy_2d(explain_fn(model), name="explanation of the original model")
-    randomised_model = copy.deepcopy(model)
-    randomise_layers(randomised_model, names, seed=seed)
-    randomised = to_numpy_2d(explain_fn(randomised_model), name="explanation of the randomised model")
-    if original.shape != randomised.shape:
-        raise ValueError(f"explanations differ in shape: {original.shape} vs {randomised.shape}")
-    a, b = (np.abs(original), np.abs(randomised)) if absolute else (original, randomised)
-    return RandomisationResult(
+    randomized_model = copy.deepcopy(model)
+    randomize_layers(randomized_model, names, seed=seed)
+    randomized = to_numpy_2d(explain_fn(randomized_model), name="explanation of the randomized model")
+    if original.shape != randomized.shape:
+        raise ValueError(f"explanations differ in shape: {original.shape} vs {randomized.shape}")
+    a, b = (np.abs(original), np.abs(randomized)) if absolute else (original, randomized)
+    return RandomizationResult(
         spearman=spearman_correlation(a, b),
         ssim=ssim(a, b),
         original=original,
-        randomised=randomised,
+        randomized=randomized,
         layers=names,
     )
 
@@ -223,7 +232,7 @@ class MPRTCascade:
 
     Attributes:
         table: One row per step: ``step`` (0 = the original model), ``layer`` (the layer
-            randomised at that step, ``""`` for step 0), ``spearman`` and ``ssim`` against
+            randomized at that step, ``""`` for step 0), ``spearman`` and ``ssim`` against
             the original explanation (means over the maps when there are several).
         original: ``(H, W)`` or ``(N, H, W)`` explanation of the original model.
         maps: The explanation after each step (``maps[k]`` after step ``k + 1``).
@@ -237,7 +246,7 @@ class MPRTCascade:
 
     @property
     def layers(self) -> list[str]:
-        """Layers in the order they were randomised (top first)."""
+        """Layers in the order they were randomized (top first)."""
         return list(self.table["layer"].iloc[1:])
 
     def plot(self, ax: Any = None) -> Any:
@@ -255,12 +264,12 @@ class MPRTCascade:
                            ha="right", fontsize="small")
         ax.set_ylim(min(-0.1, float(np.nanmin(self.table[["spearman", "ssim"]].to_numpy())) - 0.05), 1.05)
         ax.set_ylabel("similarity to the original explanation")
-        ax.set_title("Cascading model-parameter randomisation (top layer first)")
+        ax.set_title("Cascading model-parameter randomization (top layer first)")
         ax.legend(loc="lower left", fontsize="small")
         ax.figure.tight_layout()
         return ax
 
-    def report_sections(self, title: str = "Model randomisation cascade (MPRT)") -> list[Any]:
+    def report_sections(self, title: str = "Model randomization cascade (MPRT)") -> list[Any]:
         """Sections for a :class:`~conceptlens.explain.report.Report`: the step table and the
         cascade plot (its numbers are in the report's JSON twin)::
 
@@ -271,7 +280,7 @@ class MPRTCascade:
         from conceptlens.explain.report.document import Figures, Table
 
         last = self.table.iloc[-1]
-        caption = (f"Layers are randomised one more at a time from the top; after each step the "
+        caption = (f"Layers are randomized one more at a time from the top; after each step the "
                    f"explanation is compared with the original one "
                    f"({'absolute values' if self.absolute else 'signed values'}). An explanation "
                    f"that depends on the model falls towards 0. After all "
@@ -302,8 +311,8 @@ class MPRTCascade:
             f"<td>{r.spearman:.3f}</td><td>{r.ssim:.3f}</td></tr>"
             for r in self.table.itertuples()
         )
-        return ("<table><caption>MPRT cascade (cumulative randomisation from the top)</caption>"
-                "<thead><tr><th>step</th><th>layer randomised</th><th>Spearman</th><th>SSIM</th>"
+        return ("<table><caption>MPRT cascade (cumulative randomization from the top)</caption>"
+                "<thead><tr><th>step</th><th>layer randomized</th><th>Spearman</th><th>SSIM</th>"
                 f"</tr></thead><tbody>{rows}</tbody></table>")
 
 
@@ -338,15 +347,15 @@ def mprt_cascade(
     seed: int = 0,
     absolute: bool = True,
 ) -> MPRTCascade:
-    """Cascading model-parameter randomisation test (Adebayo et al. 2018; Quantus' MPRT).
+    """Cascading model-parameter randomization test (Adebayo et al. 2018; Quantus' MPRT).
 
     Args:
         explain_fn: ``model -> (H, W) map`` or ``(N, H, W)`` maps of several inputs; called
             once on ``model`` and once after each step on a deep copy (for a Backbone, build
             the scorer inside it from the given backbone and without a feature cache, as for
-            :func:`randomisation_check`).
+            :func:`randomization_check`).
         model: An ``nn.Module`` or a Backbone (an object holding the module as ``.model``).
-        layers: Modules (or their qualified names) **top first**; each step randomises one
+        layers: Modules (or their qualified names) **top first**; each step randomizes one
             more of them, cumulatively. Default: the backbone's transformer blocks
             (``token_layers()``) from the last to the first, or the module's top-level
             children with parameters from the last to the first.
@@ -368,12 +377,17 @@ def mprt_cascade(
     original = _as_maps(explain_fn(model), "explanation of the original model")
     rows = [{"step": 0, "layer": "", "spearman": 1.0, "ssim": 1.0}]
     maps: list[np.ndarray] = []
-    randomised = copy.deepcopy(model)
+    randomized = copy.deepcopy(model)
     for step, name in enumerate(names, start=1):
-        randomise_layers(randomised, [name], seed=seed + step)
-        current = _as_maps(explain_fn(randomised), f"explanation after randomising {name}")
+        randomize_layers(randomized, [name], seed=seed + step)
+        current = _as_maps(explain_fn(randomized), f"explanation after randomizing {name}")
         rho, sim = _similarities(original, current, absolute)
         rows.append({"step": step, "layer": name, "spearman": rho, "ssim": sim})
         maps.append(current[0] if current.shape[0] == 1 else current)
     first = original[0] if original.shape[0] == 1 else original
     return MPRTCascade(table=pd.DataFrame(rows), original=first, maps=maps, absolute=absolute)
+
+
+randomise_layers = deprecated_alias(randomize_layers, "randomise_layers")
+randomisation_check = deprecated_alias(randomization_check, "randomisation_check")
+__getattr__ = renamed_module_attributes(__name__, {"RandomisationResult": "RandomizationResult"})

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage, stats
 
+from conceptlens._deprecation import renamed_parameters
 from conceptlens.explain._spatial import to_numpy_2d
 
 __all__ = ["spearman_correlation", "ssim"]
@@ -43,7 +44,8 @@ def _unit_range(x: np.ndarray) -> np.ndarray:
     return (x - x.min()) / span if span > 0 else np.zeros_like(x)
 
 
-def ssim(a: Any, b: Any, *, sigma: float = 1.5, normalise: bool = True) -> float:
+@renamed_parameters(normalise="normalize")
+def ssim(a: Any, b: Any, *, sigma: float = 1.5, normalize: bool = True) -> float:
     """Structural similarity (Wang et al. 2004) of two ``(H, W)`` maps, Gaussian window.
 
     Local means, variances and covariance are taken with a Gaussian window of standard
@@ -55,7 +57,7 @@ def ssim(a: Any, b: Any, *, sigma: float = 1.5, normalise: bool = True) -> float
         a: First map.
         b: Second map, same shape.
         sigma: Standard deviation of the Gaussian window, in pixels.
-        normalise: Min-max scale each map to ``[0, 1]`` first (``L = 1``); explanation maps
+        normalize: Min-max scale each map to ``[0, 1]`` first (``L = 1``); explanation maps
             of different models live on different scales. When ``False``, ``L`` is the
             joint range of both maps.
 
@@ -63,7 +65,7 @@ def ssim(a: Any, b: Any, *, sigma: float = 1.5, normalise: bool = True) -> float
         Mean SSIM, ``1.0`` for identical maps.
     """
     x, y = _pair(a, b)
-    if normalise:
+    if normalize:
         x, y = _unit_range(x), _unit_range(y)
         data_range = 1.0
     else:
