@@ -232,14 +232,61 @@ class ConceptBottleneckBase(ClassifierMixin, BaseEstimator):
             classes=[c.item() if hasattr(c, "item") else c for c in self.classes_],
         )
 
+    def class_weights(self, label: Any) -> tuple[np.ndarray, float]:
+        """The linear decision of one class: its concept weights and intercept.
+
+        The one place that holds the sign convention of binary models: they have one output
+        row (the positive class ``classes_[1]``, as in scikit-learn), and the negative class
+        ``classes_[0]`` gets the negated weights and intercept, so that every class's
+        decision value is ``transform_scores(X) @ weights + intercept``.
+
+        Parameters
+        ----------
+        label : object
+            One of :attr:`classes_` (exact match, numpy scalars unwrapped: ``"1"`` is not
+            ``1``).
+
+        Returns
+        -------
+        weights : numpy.ndarray
+            ``(n_concepts,)`` float64 weights in the transformed score units of
+            ``input_transform``, one per column of :attr:`concept_ids_`.
+        intercept : float
+            The decision value at transformed scores of zero.
+
+        Raises
+        ------
+        UnknownClassError
+            ``label`` is not one of :attr:`classes_` (a ``KeyError``).
+        sklearn.exceptions.NotFittedError
+            The model is not fitted.
+
+        Examples
+        --------
+        >>> weights, intercept = model.class_weights("melanoma")       # doctest: +SKIP
+        >>> np.allclose(model.transform_scores(X) @ weights + intercept,
+        ...             model.decision_function(X))                     # doctest: +SKIP
+        True
+        """
+        missing = [name for name in ("coef_", "intercept_", "classes_") if not hasattr(self, name)]
+        if missing:
+            from sklearn.exceptions import NotFittedError
+
+            raise NotFittedError(f"{type(self).__name__} is not fitted (no {missing[0]}); call fit first")
+        classes = list(self.classes_)
+        row = lookup_class(label, classes)
+        coef = np.atleast_2d(np.asarray(self.coef_, dtype=np.float64))
+        intercept = np.atleast_1d(np.asarray(self.intercept_, dtype=np.float64))
+        if coef.shape[0] == 1 and len(classes) == 2:
+            sign = 1.0 if row == 1 else -1.0
+            return sign * coef[0], sign * float(intercept[0])
+        return coef[row], float(intercept[row])
+
     def _output_weights(self, class_: Any) -> np.ndarray:
-        """Standardised weights of one class's decision (binary negative class: negated)."""
+        """Standardised weights of one class's decision (see :meth:`class_weights`)."""
         check_is_fitted(self)
-        i = lookup_class(class_, list(self.classes_))
-        coef = self.coef_ * self.scale_[None, :]
-        if self._binary:
-            return coef[0] if i == 1 else -coef[0]
-        return coef[i]
+        weights, _ = self.class_weights(class_)
+        return weights * self.scale_
 
     def top_concepts(self, class_: Any, k: int = 5) -> pd.DataFrame:
         """The ``k`` concepts with the largest standardised weight magnitude for one class.

@@ -19,6 +19,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -78,6 +79,34 @@ def find_concept(scorer: Any, concept: str) -> tuple[int, str]:
 
 def _plain(label: Any) -> Any:
     return label.item() if hasattr(label, "item") else label
+
+
+def class_weights(bottleneck: Any, label: Any) -> tuple[np.ndarray, float]:
+    """``(weights, intercept)`` of one class of a fitted linear bottleneck.
+
+    Reads :meth:`conceptlens.concepts.base.ConceptBottleneckBase.class_weights`, which holds
+    the binary sign convention; any other linear classifier with scikit-learn's ``coef_``,
+    ``intercept_`` and ``classes_`` is read by the same rule.
+
+    Parameters
+    ----------
+    bottleneck : object
+        A fitted bottleneck (or scikit-learn-style linear classifier).
+    label : object
+        An element of ``bottleneck.classes_``.
+
+    Returns
+    -------
+    weights : numpy.ndarray
+        ``(n_concepts,)`` float64.
+    intercept : float
+    """
+    from conceptlens.concepts.base import ConceptBottleneckBase
+
+    read_out = getattr(bottleneck, "class_weights", None)
+    if callable(read_out):
+        return read_out(label)
+    return ConceptBottleneckBase.class_weights(bottleneck, label)
 
 
 class Target(ABC):
@@ -153,12 +182,13 @@ class ClassTarget(Target):
     """The decision value (logit) of one class of a fitted linear concept bottleneck.
 
     The chain is pixels -> the scorer's concept scores -> the bottleneck's ``input_transform``
-    (e.g. log-odds) -> ``scores @ coef_[c] + intercept_[c]``, differentiable end to end, so
-    the target value equals the bottleneck's own ``decision_function`` on the scorer's output.
-    Building it raises :class:`~conceptlens.errors.ScoreSpaceMismatchError` when the scorer's
-    settings, vocabulary or backbone differ from those of the bottleneck's training scores. The bottleneck's ``coef_`` / ``intercept_`` are in original
-    score units (any standardisation is already folded in). For a binary bottleneck, the
-    positive class ``classes_[1]`` gets the decision value ``d`` and ``classes_[0]`` gets ``-d``.
+    (e.g. log-odds) -> ``scores @ weights + intercept`` with the class's
+    :meth:`~conceptlens.concepts.base.ConceptBottleneckBase.class_weights` (in original score
+    units, any standardisation folded in; a binary bottleneck's ``classes_[0]`` gets the
+    negated decision of ``classes_[1]``), differentiable end to end, so the target value
+    equals the bottleneck's own ``decision_function`` on the scorer's output. Building it
+    raises :class:`~conceptlens.errors.ScoreSpaceMismatchError` when the scorer's settings,
+    vocabulary or backbone differ from those of the bottleneck's training scores.
 
     Args:
         label: A class label from ``bottleneck.classes_``.
@@ -190,21 +220,14 @@ class ClassTarget(Target):
             label = same_text[0] if len(same_text) == 1 else label
         if label not in classes:
             raise UnknownClassError(f"class {self.label!r} is not known to the bottleneck; classes are {classes}")
-        coef = np.atleast_2d(np.asarray(bottleneck.coef_, dtype=np.float64))
-        intercept = np.atleast_1d(np.asarray(bottleneck.intercept_, dtype=np.float64))
-        if coef.shape[0] == 1 and len(classes) == 2:
-            sign = 1.0 if label == classes[1] else -1.0
-            weights, bias = sign * coef[0], sign * float(intercept[0])
-        else:
-            row = classes.index(label)
-            weights, bias = coef[row], float(intercept[row])
+        weights, bias = class_weights(bottleneck, classes[classes.index(label)])
         ids = _vocabulary_ids(scorer)
         check_bottleneck_matches_scorer(bottleneck, scorer)
         features = getattr(bottleneck, "feature_names_in_", None)
         if features is None:
-            if coef.shape[1] != len(ids):
+            if weights.shape[0] != len(ids):
                 raise TargetError(
-                    f"bottleneck has {coef.shape[1]} concept inputs but the scorer's vocabulary has "
+                    f"bottleneck has {weights.shape[0]} concept inputs but the scorer's vocabulary has "
                     f"{len(ids)}; fit the bottleneck on a labelled score table (feature_names_in_)"
                 )
             return np.arange(len(ids)), weights, bias
@@ -249,11 +272,10 @@ class ClassTarget(Target):
         label = _plain(self.label)
         if label not in classes:
             label = next(c for c in classes if str(c) == str(label))
-        coef = np.atleast_2d(np.asarray(coef, dtype=np.float64))
-        if coef.shape[0] == 1 and len(classes) == 2:
-            w = (1.0 if label == classes[1] else -1.0) * coef[0]
-        else:
-            w = coef[classes.index(label)]
+        # the residual's rows follow the same per-output convention as coef_
+        outputs = SimpleNamespace(coef_=coef, intercept_=np.zeros(np.atleast_2d(coef).shape[0]),
+                                  classes_=bottleneck.classes_)
+        w, _ = class_weights(outputs, classes[classes.index(label)])
         mean = np.asarray(bottleneck.embedding_mean_, dtype=np.float64)
         return torch.as_tensor(w), torch.as_tensor(mean), bool(getattr(bottleneck, "uses_embeddings_", True))
 

@@ -113,3 +113,36 @@ def test_class_target_raises_when_the_bottleneck_saw_another_vocabulary():
         warnings.simplefilter("error")
         indices, weights, bias = ClassTarget(0).linear_map(scorer, bottleneck)
     assert indices.tolist() == [0, 1] and weights.tolist() == [-1.0, 1.0] and bias == -0.5
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_class_weights_hold_the_sign_convention_once(n_classes):
+    from sklearn.exceptions import NotFittedError
+
+    from conceptlens.concepts import SparseLinearBottleneck
+
+    rng = np.random.default_rng(0)
+    X = rng.random((60, 4))
+    y = np.array(["a", "b", "c"][:n_classes])[np.argmax(X[:, :n_classes], axis=1)]
+    model = SparseLinearBottleneck(cv=3).fit(X, y)
+    decision = np.atleast_2d(model.decision_function(X).T).T
+    for k, label in enumerate(model.classes_):
+        weights, intercept = model.class_weights(label)
+        assert weights.shape == (4,) and isinstance(intercept, float)
+        expected = (decision[:, 0] * (1 if k == 1 else -1)) if n_classes == 2 else decision[:, k]
+        np.testing.assert_allclose(model.transform_scores(X) @ weights + intercept, expected, atol=1e-10)
+        # the explain chain and the bottleneck read the same weights
+        _, target_weights, bias = ClassTarget(label).linear_map(_Scorer4(), model)
+        np.testing.assert_array_equal(target_weights, weights)
+        assert bias == intercept
+    with pytest.raises(UnknownClassError, match="'z'"):
+        model.class_weights("z")
+    with pytest.raises(NotFittedError):
+        SparseLinearBottleneck().class_weights("a")
+
+
+class _Scorer4:
+    class vocabulary:  # noqa: N801 - a stand-in attribute
+        ids = ["concept_0", "concept_1", "concept_2", "concept_3"]
+        names: dict = {}
+        hash = None

@@ -86,11 +86,9 @@ def explain_items(
             item.probabilities = probabilities.loc[image_id].to_dict()
             per_class = contributions.for_class(pred.item() if hasattr(pred, "item") else pred)
             item.contributions = per_class.loc[image_id] if image_id in per_class.index else per_class.iloc[i]
-            # binary models have one output (the positive class); the other class's decision is its negation
-            if pred in contributions.outputs:
-                item.intercept = float(contributions.intercept[contributions.outputs.index(pred)])
-            else:
-                item.intercept = -float(contributions.intercept[0])
+            # the decision at the training mean: the class's intercept plus its weights there
+            weights, intercept = bottleneck.class_weights(pred)
+            item.intercept = float(intercept + weights @ bottleneck.mean_)
             top = list(item.contributions.abs().sort_values(ascending=False).index[:top_k])
         else:
             top = list(row.sort_values(ascending=False).index[:top_k])
