@@ -31,9 +31,11 @@ __all__ = [
     "SEQUENTIAL_CMAP",
     "plot_concept_bars",
     "plot_concept_maps",
+    "plot_decision_parts",
     "plot_deletion_insertion",
     "plot_intervention_curves",
     "plot_overlay",
+    "plot_residual_share",
     "plot_roc_curves",
     "plot_weights",
     "save_figure",
@@ -567,6 +569,145 @@ def plot_deletion_insertion(
     ax.set_ylabel("model score")
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize="small")
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def plot_decision_parts(
+    contributions: Any,
+    residual: float,
+    intercept: float | None = None,
+    *,
+    names: Mapping[str, str] | Sequence[str] | None = None,
+    top_k: int = 8,
+    ax: Axes | None = None,
+    title: str | None = None,
+    xlabel: str = "contribution to the decision value",
+) -> Figure:
+    """One decision of a hybrid bottleneck (PCBM-h) split into its parts, as horizontal bars.
+
+    The ``top_k`` largest concept contributions, the remaining concepts summed as one bar, the
+    residual on the image embedding (hatched, grey: what the concepts do not explain) and the
+    intercept; their sum is the decision value, shown with the residual share in the title.
+
+    Args:
+        contributions: One signed contribution per concept (anything :func:`plot_concept_bars`
+            accepts).
+        residual: The residual's term of the decision.
+        intercept: The decision at the reference point (``None``: not drawn).
+        names: Concept id -> display name, or names aligned with ``contributions``.
+        top_k: Concepts drawn one by one; the rest are summed into one bar.
+        ax: Axes to draw into; a new figure when ``None``.
+        title: Axes title (default: the decision value and the residual share).
+        xlabel: Label of the value axis.
+
+    Returns:
+        The figure.
+
+    Examples:
+        >>> fig = plot_decision_parts({"C1": 1.5, "C2": -0.5, "C3": 0.1}, residual=0.7,
+        ...                           intercept=-0.2, top_k=2)
+        >>> len(fig.axes[0].patches)  # C1, C2, other concepts, residual, intercept
+        5
+    """
+    series = _as_series(contributions, names)
+    if series.empty:
+        raise ValueError("contributions is empty: nothing to plot")
+    if top_k < 1:
+        raise ValueError(f"top_k must be a positive integer, got {top_k}")
+    order = series.abs().sort_values(ascending=False, kind="stable").index
+    series = series.loc[order]
+    shown, rest = series.iloc[:top_k], series.iloc[top_k:]
+    labels = [str(i) for i in shown.index]
+    heights = [float(v) for v in shown]
+    kinds = ["concept"] * len(shown)
+    if len(rest):
+        labels.append(f"{len(rest)} other concepts")
+        heights.append(float(rest.sum()))
+        kinds.append("concept")
+    labels.append("residual (image embedding)")
+    heights.append(float(residual))
+    kinds.append("residual")
+    if intercept is not None:
+        labels.append("intercept")
+        heights.append(float(intercept))
+        kinds.append("intercept")
+    concepts = float(series.abs().sum())
+    share = abs(float(residual)) / (concepts + abs(float(residual))) if concepts + abs(residual) > 0 else 0.0
+    decision = float(series.sum()) + float(residual) + float(intercept or 0.0)
+
+    fig, ax = _new_axes(ax, (6.0, 0.4 * len(labels) + 1.3))
+    pal = sns.color_palette(DIVERGING_CMAP, 7)
+    y = np.arange(len(labels))[::-1]
+    for yi, h, kind in zip(y, heights, kinds, strict=True):
+        if kind == "concept":
+            ax.barh(yi, h, color=pal[-1] if h >= 0 else pal[0])
+        elif kind == "residual":
+            ax.barh(yi, h, color="0.55", hatch="//", edgecolor="0.25")
+        else:
+            ax.barh(yi, h, color="0.82", edgecolor="0.5")
+    ax.axvline(0.0, color="0.3", linewidth=0.8)
+    ax.set_yticks(y, labels)
+    ax.set_xlabel(xlabel)
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title(title if title is not None else
+                 f"decision {decision:+.3g}; residual share {share:.0%}")
+    return fig
+
+
+def plot_residual_share(
+    shares: Any,
+    groups: Any = None,
+    *,
+    ax: Axes | None = None,
+    title: str | None = "Residual share of each decision",
+    bins: int = 20,
+) -> Figure:
+    """Distribution of a hybrid bottleneck's residual share over decisions.
+
+    The residual share of a decision is ``|residual| / (|residual| + sum_j |contribution_j|)``:
+    the part of it the concepts do not explain (0: all concepts, 1: all residual). One
+    histogram per group (e.g. the predicted class), stacked, on ``[0, 1]``, with the median
+    of each group marked.
+
+    Args:
+        shares: One share per decision (Series, array or list), each in ``[0, 1]``.
+        groups: One group label per decision (e.g. the predicted class); ``None``: one group.
+        ax: Axes to draw into; a new figure when ``None``.
+        title: Axes title.
+        bins: Equal-width bins on ``[0, 1]``.
+
+    Returns:
+        The figure.
+
+    Examples:
+        >>> fig = plot_residual_share([0.1, 0.2, 0.5], groups=["a", "b", "a"])
+        >>> [float(v) for v in fig.axes[0].get_xlim()]
+        [0.0, 1.0]
+    """
+    values = np.asarray(shares, dtype=float).ravel()
+    if values.size == 0:
+        raise ValueError("shares is empty: nothing to plot")
+    if np.any((values < -1e-9) | (values > 1 + 1e-9)):
+        raise ValueError("residual shares must lie in [0, 1]")
+    labels = (np.full(values.size, "all decisions", dtype=object) if groups is None
+              else np.asarray(groups, dtype=object).astype(str))
+    if len(labels) != values.size:
+        raise ValueError(f"groups has {len(labels)} entries but shares has {values.size}")
+    unique = list(dict.fromkeys(labels))
+    colours = _palette(len(unique))
+    fig, ax = _new_axes(ax, (6.0, 3.2))
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    data = [values[labels == g] for g in unique]
+    ax.hist(data, bins=edges, stacked=True, color=colours[: len(unique)],
+            label=[f"{g} (median {np.median(d):.0%}, n={len(d)})" for g, d in zip(unique, data, strict=True)])
+    for d, colour in zip(data, colours, strict=False):
+        ax.axvline(float(np.median(d)), color=colour, linestyle="--", linewidth=1.2)
+    ax.set_xlim(0.0, 1.0)
+    ax.set_xlabel("residual share (0: explained by the concepts, 1: by the residual)")
+    ax.set_ylabel("decisions")
+    ax.legend(fontsize="small", loc="best")
     if title:
         ax.set_title(title)
     return fig

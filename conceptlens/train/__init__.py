@@ -24,13 +24,18 @@ from conceptlens.train.core import (
     train_concept_model,
     vocabulary_words,
 )
-from conceptlens.train.evaluation import ConceptModelEvaluation, evaluate_concept_model
+from conceptlens.train.evaluation import (
+    ConceptModelEvaluation,
+    TrainingHistory,
+    evaluate_concept_model,
+)
 
 __all__ = [
     "ConceptModelEvaluation",
     "ConceptTrainingData",
     "TrainingConfig",
     "TrainingError",
+    "TrainingHistory",
     "batch_losses",
     "caption_matches",
     "captions_from_labels",

@@ -418,7 +418,8 @@ def train_concept_model(
 
     Returns:
         ``(model, processor, history)``: the trained model (eval mode), its processor and a
-        dict with the config, the per-step losses and the wall time. Save both with
+        :class:`~conceptlens.train.TrainingHistory` (a dict: the config, the per-step losses
+        and the wall time; it plots itself and goes into a report with ``extra=[history]``). Save both with
         ``save_pretrained(folder)``; :func:`conceptlens.models.load_backbone` loads the folder.
     """
     config = TrainingConfig() if config is None else config
@@ -449,7 +450,9 @@ def train_concept_model(
         torch.set_num_threads(previous_threads)
     history["config"] = asdict(config)
     history["wall_time_s"] = time.perf_counter() - started
-    return trained, processor, history
+    from conceptlens.train.evaluation import TrainingHistory
+
+    return trained, processor, TrainingHistory(history)
 
 
 def run_training(

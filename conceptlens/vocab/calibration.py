@@ -113,6 +113,8 @@ class ConceptCalibrator:
         params_: Per concept: ``{"a": .., "b": ..}`` (Platt) or ``{"x": [..], "y": [..]}``
             (isotonic knots).
         score_config_: The score configuration of the fitted scores, if they carried one.
+        evaluation_: The latest :func:`calibration_report` of this calibrator (ECE before and
+            after on the images it was given), once one was made; not saved with it.
     """
 
     def __init__(self, method: str = "platt") -> None:
@@ -159,6 +161,7 @@ class ConceptCalibrator:
             params[str(cid)] = self._fit_one(s, y)
         self.concept_ids_ = [str(c) for c in table.columns]
         self.params_ = params
+        self.__dict__.pop("evaluation_", None)  # an earlier evaluation was of other maps
         self.score_config_ = dict(getattr(scores, "config", {}) or {})
         return self
 
@@ -411,7 +414,12 @@ class CalibrationReport:
 
 def calibration_report(calibrator: ConceptCalibrator, scores: Any, labels: Any,
                        n_bins: int = 10) -> CalibrationReport:
-    """ECE before and after ``calibrator`` on (held-out) raw ``scores`` with ``labels``."""
+    """ECE before and after ``calibrator`` on (held-out) raw ``scores`` with ``labels``.
+
+    The result is also kept on the calibrator as ``calibrator.evaluation_`` (the latest
+    evaluation), so that reports of a scorer using this calibrator show its ECE before and
+    after and the reliability plot without being handed the report.
+    """
     table = _as_frame(scores)
     frame = _labels_frame(labels, table).astype(float)
     after = pd.DataFrame(calibrator.transform_array(table.to_numpy(), list(table.columns)),
@@ -420,5 +428,7 @@ def calibration_report(calibrator: ConceptCalibrator, scores: Any, labels: Any,
                   "ece_after": expected_calibration_error(after[cid], frame[cid], n_bins),
                   "n": len(table), "prevalence": float(frame[cid].mean())}
             for cid in table.columns}
-    return CalibrationReport(table=pd.DataFrame.from_dict(rows, orient="index"), before=table,
-                             after=after, labels=frame, n_bins=n_bins, method=calibrator.method)
+    report = CalibrationReport(table=pd.DataFrame.from_dict(rows, orient="index"), before=table,
+                               after=after, labels=frame, n_bins=n_bins, method=calibrator.method)
+    calibrator.evaluation_ = report
+    return report

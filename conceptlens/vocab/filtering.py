@@ -30,6 +30,7 @@ two are dropped.
 from __future__ import annotations
 
 import html
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,9 +39,41 @@ import pandas as pd
 
 from conceptlens.errors import ConceptlensError
 
-__all__ = ["ConceptFilterResult", "filter_concepts"]
+__all__ = ["ConceptFilterResult", "filter_concepts", "filtering_of"]
 
 FILTERS = ("never_active", "class_similarity", "duplicate")
+
+# The most recent filter results, keyed by the filtered vocabulary's content hash, so that a
+# report built from a scorer on a filtered vocabulary can show what was dropped and why.
+_RECENT: OrderedDict[str, ConceptFilterResult] = OrderedDict()
+_MAX_RECENT = 32
+
+
+def filtering_of(vocabulary: Any) -> ConceptFilterResult | None:
+    """The :func:`filter_concepts` result that produced ``vocabulary`` in this session, if any.
+
+    Reports use it to include the filtering table automatically when the scorer's vocabulary
+    was filtered. Matched by content (:attr:`ConceptVocabulary.hash`); the last
+    ``32`` results are remembered. A vocabulary loaded from disk or built by hand with the same
+    concepts matches too (it holds the same concepts the filter kept).
+
+    Args:
+        vocabulary: A :class:`~conceptlens.vocab.ConceptVocabulary`.
+
+    Returns:
+        The :class:`ConceptFilterResult`, or ``None`` when no filtering in this session
+        produced these concepts.
+    """
+    key = getattr(vocabulary, "hash", None)
+    return _RECENT.get(key) if isinstance(key, str) else None
+
+
+def _remember(result: ConceptFilterResult) -> None:
+    key = result.vocabulary.hash
+    _RECENT.pop(key, None)
+    _RECENT[key] = result
+    while len(_RECENT) > _MAX_RECENT:
+        _RECENT.popitem(last=False)
 
 
 @dataclass
@@ -228,11 +261,13 @@ def filter_concepts(
                 kept.append(cid)
     frame = pd.DataFrame(dropped, columns=["concept_id", "name", "filter", "reason", "value",
                                            "threshold", "other"])
-    return ConceptFilterResult(
+    result = ConceptFilterResult(
         vocabulary=vocabulary.subset([cid for cid in ids if cid not in gone]),
         dropped=frame, activation=activation, similarity=similarity,
         class_similarity=class_sim, settings=settings,
     )
+    _remember(result)
+    return result
 
 
 class _FilterError(ConceptlensError, ValueError):

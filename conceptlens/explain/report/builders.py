@@ -18,17 +18,26 @@ import pandas as pd
 from PIL import Image
 
 from conceptlens.explain.report.document import (
+    Contents,
     Facts,
     Figures,
     Gallery,
     Report,
+    Section,
     Summary,
     Table,
     interval,
     rounded,
 )
+from conceptlens.explain.report.extras import (
+    chain_sections,
+    extra_sections,
+    hybrid_parts,
+    hybrid_sections,
+    is_hybrid,
+)
 
-__all__ = ["ImageExplanation", "audit_report", "explanation_report"]
+__all__ = ["ImageExplanation", "audit_report", "concept_deviations", "explanation_report", "reason_text"]
 
 NOT_FOR_CLINICAL_USE = "Not for clinical use: this model and its explanations are for research only."
 
@@ -53,6 +62,15 @@ class ImageExplanation:
             (:func:`~conceptlens.explain.faithfulness_card`), shown beside it.
         warnings: Input warnings for this image (dicts with ``kind`` and ``message``, from
             ``ConceptScores.warnings``), shown beside the image.
+        deviations: Concept id -> the score's signed deviation from the bottleneck's reference
+            (its training mean, in standard deviations; :func:`concept_deviations`). A
+            contribution that comes from a concept being *low* is then worded so ("low X
+            score (+5.4 toward benign)"); :func:`explanation_report` fills it from its
+            ``bottleneck`` when missing.
+        residual: For a hybrid bottleneck (PCBM-h): the residual's term of the decision
+            (toward ``prediction``); contributions + residual + intercept = decision value.
+        residual_share: The decision's residual share, ``|residual| / (|residual| +
+            sum |contributions|)``: the part of it the concepts do not explain.
     """
 
     image_id: str
@@ -68,6 +86,9 @@ class ImageExplanation:
     attribution_label: str = ""
     faithfulness: Mapping[str, Any] | None = None
     warnings: Sequence[Mapping[str, Any]] = ()
+    deviations: pd.Series | None = None
+    residual: float | None = None
+    residual_share: float | None = None
 
     def name(self, concept_id: str) -> str:
         """Preferred name of a concept id (the id itself when no name is known)."""
@@ -114,8 +135,15 @@ def _image_finding(item: ImageExplanation, n_reasons: int = 3) -> tuple[str, dic
     else:
         text = f"{item.image_id}: no classifier; highest concept scores"
     if signed:
-        parts = [f"{item.name(c)} ({'+' if v >= 0 else '-'}{rounded(abs(v))})" for c, v in reasons.items()]
+        deviations = item.deviations if item.deviations is not None else pd.Series(dtype=float)
+        parts = [reason_text(item.name(c), float(v), deviations.get(c), item.prediction)
+                 for c, v in reasons.items()]
         text += ". Top reasons: " + ", ".join(parts) + "."
+        if item.residual_share is not None:
+            text += (f" The concepts explain {rounded(100 * (1 - item.residual_share))}% of this "
+                     f"decision; the residual on the image embedding the other "
+                     f"{rounded(100 * item.residual_share)}%.")
+            values["residual_share"] = float(item.residual_share)
     else:
         parts = [f"{item.name(c)} ({rounded(v)})" for c, v in reasons.items()]
         text += ": " + ", ".join(parts) + "."
@@ -142,6 +170,112 @@ def _image_finding(item: ImageExplanation, n_reasons: int = 3) -> tuple[str, dic
     return text, values
 
 
+def reason_text(name: str, contribution: float, deviation: float | None, target: str | None) -> str:
+    """One reason of a decision in words, saying when it comes from a *low* score.
+
+    A contribution is ``weight x (score - reference)``: a concept pushes toward a class either
+    because its score is high and its weight positive, or because its score is *low* and its
+    weight negative. The sign of the score's deviation from the reference (``deviation``)
+    tells the two apart.
+
+    Args:
+        name: The concept's name.
+        contribution: Its signed contribution to ``target``'s decision value.
+        deviation: The score's signed deviation from the bottleneck's reference (``None``:
+            unknown, the concept is named as is).
+        target: The class the decision is about.
+
+    Examples:
+        >>> reason_text("atypical vascular pattern", 5.4, -1.3, "benign")
+        'low atypical vascular pattern score (+5.4 toward benign)'
+        >>> reason_text("pigment network", 2.0, 0.8, "melanoma")
+        'pigment network (+2.0 toward melanoma)'
+        >>> reason_text("streaks", -0.5, -0.2, "melanoma")
+        'low streaks score (-0.50, against melanoma)'
+    """
+    low = deviation is not None and not pd.isna(deviation) and float(deviation) < 0
+    subject = f"low {name} score" if low else name
+    size = rounded(abs(contribution))
+    if target is None:
+        return f"{subject} ({'+' if contribution >= 0 else '-'}{size})"
+    if contribution >= 0:
+        return f"{subject} (+{size} toward {target})"
+    return f"{subject} (-{size}, against {target})"
+
+
+def concept_deviations(bottleneck: Any, scores: Any) -> pd.DataFrame:
+    """Each score's signed deviation from a bottleneck's reference, in standard deviations.
+
+    ``(transformed score - training mean) / training SD``, the quantity a contribution
+    multiplies by the concept's standardised weight: its sign says whether a reason comes
+    from a high or a low score (see :func:`reason_text`).
+
+    Args:
+        bottleneck: A fitted concept bottleneck (``mean_``, ``scale_``).
+        scores: ``ConceptScores``, a DataFrame (or a Series: one image) of concept scores.
+
+    Returns:
+        DataFrame, one row per image, one column per concept of the bottleneck.
+    """
+    if isinstance(scores, pd.Series):
+        scores = scores.to_frame().T
+    values, ids = bottleneck._transformed(scores)
+    z = (values - bottleneck.mean_[None, :]) / bottleneck.scale_[None, :]
+    return pd.DataFrame(z, index=ids, columns=list(bottleneck.concept_ids_))
+
+
+def _fill_from_bottleneck(items: Sequence[ImageExplanation], bottleneck: Any, embeddings: Any) -> None:
+    """Deviations (for the wording of reasons) and, for a hybrid bottleneck, the residual and
+    its share, where the items lack them."""
+    for item in items:
+        if item.deviations is None and item.contributions is not None:
+            try:
+                item.deviations = concept_deviations(bottleneck, item.scores).iloc[0]
+            except (ValueError, KeyError, TypeError, AttributeError):
+                pass  # scores in another space: reasons are named without high / low
+    if not is_hybrid(bottleneck):
+        return
+    todo = [i for i in items if i.residual is None and i.prediction is not None]
+    if not todo:
+        return
+    frame = pd.DataFrame([i.scores for i in todo], index=[i.image_id for i in todo])
+    rows = embeddings
+    if isinstance(embeddings, pd.DataFrame):
+        rows = embeddings.reindex([i.image_id for i in todo])
+    elif isinstance(embeddings, Mapping):
+        rows = np.stack([np.asarray(embeddings[i.image_id], dtype=float) for i in todo])
+    parts = hybrid_parts(bottleneck, frame, rows, predicted=[i.prediction for i in todo])
+    for item, (_, row) in zip(todo, parts.iterrows(), strict=True):
+        item.residual = float(row["residual"])
+        item.residual_share = float(row["residual_share"])
+
+
+def _image_anchor(position: int) -> str:
+    return f"image-{position + 1}"
+
+
+def _contents(explanations: Sequence[ImageExplanation]) -> Contents:
+    entries = []
+    for position, item in enumerate(explanations):
+        details = []
+        if item.prediction is not None:
+            details.append(item.prediction)
+            confidence = (item.probabilities or {}).get(item.prediction)
+            if confidence is not None:
+                details.append(f"confidence {rounded(confidence)}")
+        if item.residual_share is not None:
+            details.append(f"residual share {rounded(100 * item.residual_share)}%")
+        if item.warnings:
+            details.append("input warning")
+        verdict = (item.faithfulness or {}).get("verdict")
+        if verdict:
+            details.append(f"attribution {verdict}")
+        entries.append({"anchor": _image_anchor(position), "label": item.image_id,
+                        "details": ", ".join(details)})
+    return Contents("Images in this report", entries=entries, anchor="contents",
+                    caption="Each image's evidence follows in this order; the links jump to it.")
+
+
 def explanation_report(
     explanations: Sequence[ImageExplanation],
     *,
@@ -152,12 +286,24 @@ def explanation_report(
     extra_facts: Mapping[str, Any] | None = None,
     notice: str | None = None,
     top_k: int = 8,
+    scorer: Any = None,
+    bottleneck: Any = None,
+    embeddings: Any = None,
+    extra: Sequence[Any] | None = None,
 ) -> Report:
     """Build the explanation report for one or more images.
 
     For each image: the image, the prediction and its confidence, a bar chart of the
     concepts' signed contributions (or of the scores when no bottleneck was used), the
     concept maps of the top concepts, a gradient attribution, and a table with every number.
+    With more than one image, a list of the images (linked to each one's evidence) follows
+    the summary. For a hybrid bottleneck (PCBM-h) each decision's residual share is stated in
+    the summary and the bars show the residual beside the concepts.
+
+    After the images come the sections of what the chain carries (given ``scorer``: concepts
+    learned from examples with their held-out accuracy, the calibration the scorer applies,
+    the filtering of its vocabulary; see :mod:`conceptlens.explain.report.extras`) and of
+    every object in ``extra``.
 
     Args:
         explanations: One :class:`ImageExplanation` per image.
@@ -168,14 +314,36 @@ def explanation_report(
         extra_facts: More facts for the settings table (e.g. the bottleneck's settings).
         notice: Warning shown on top (the model card's not-for-clinical-use notice).
         top_k: Concepts shown in each bar chart.
+        scorer: The :class:`~conceptlens.vocab.ConceptScorer` behind the scores (its
+            vocabulary and calibrator add their sections).
+        bottleneck: The fitted bottleneck behind the decisions: words each reason by whether
+            its score is high or low, and for a :class:`~conceptlens.concepts.HybridBottleneck`
+            fills each image's residual and residual share when missing.
+        embeddings: Image embeddings for a hybrid bottleneck whose residual reads them
+            (DataFrame indexed by image id, a mapping image id -> vector, or an array in the
+            order of ``explanations``).
+        extra: Further objects with a ``report_sections()`` method (a TCAV result, an MPRT
+            cascade, a calibration report, a filtering result, ...) or report sections.
 
     Returns:
         The :class:`Report`; call ``.save(out_dir, name)`` to write ``NAME.html`` and ``NAME.json``.
+
+    Raises:
+        TypeError: An object in ``extra`` has no ``report_sections()``.
     """
-    from conceptlens.explain.plots import plot_concept_bars, plot_concept_maps, plot_overlay
+    from conceptlens.explain.plots import (
+        plot_concept_bars,
+        plot_concept_maps,
+        plot_decision_parts,
+        plot_overlay,
+    )
 
     if not explanations:
         raise ValueError("explanation_report needs at least one ImageExplanation")
+    if bottleneck is not None:
+        _fill_from_bottleneck(explanations, bottleneck, embeddings)
+    chained, chained_objects = chain_sections(scorer) if scorer is not None else ([], [])
+    extras = extra_sections(extra, skip=chained_objects)
     report = Report(title, kind="explanation", notice=notice)
     points, values = [], {}
     for item in explanations:
@@ -197,11 +365,17 @@ def explanation_report(
         numbers["attributions converged"] = f"{n_ok} of {n_cards}"
     if first.prediction is not None and len(explanations) == 1 and first.probabilities:
         numbers["confidence"] = rounded(first.probabilities.get(first.prediction))
+    shares = [e.residual_share for e in explanations if e.residual_share is not None]
+    if shares:
+        key = "residual share" if len(explanations) == 1 else "median residual share"
+        numbers[key] = f"{rounded(100 * float(np.median(shares)))}%"
     report.add(Summary("Summary", headline=headline, points=points, numbers=numbers, values=values,
                        caption="Reasons are signed contributions to the predicted class's decision "
                                "value (weight x standardised concept score); the evidence per image "
                                "follows, the settings are at the end."))
-    for item in explanations:
+    if len(explanations) > 1:
+        report.add(_contents(explanations))
+    for position, item in enumerate(explanations):
         heading = item.image_id if item.prediction is None else f"{item.image_id}: {item.prediction}"
         summary: dict[str, Any] = {"image": item.image_id, "size (w x h)": f"{item.image.width} x {item.image.height}"}
         if item.prediction is not None:
@@ -212,8 +386,13 @@ def explanation_report(
                     summary[f"p({cls})"] = float(p)
             if item.intercept is not None and item.contributions is not None:
                 summary["intercept"] = float(item.intercept)
-                summary["decision value"] = float(item.intercept + item.contributions.sum())
-        report.add(Facts(heading, facts=summary))
+                if item.residual is not None:
+                    summary["concepts (sum of contributions)"] = float(item.contributions.sum())
+                    summary["residual (image embedding)"] = float(item.residual)
+                    summary["residual share"] = float(item.residual_share or 0.0)
+                summary["decision value"] = float(item.intercept + item.contributions.sum()
+                                                  + (item.residual or 0.0))
+        report.add(Facts(heading, facts=summary, anchor=_image_anchor(position)))
         if item.warnings:
             report.add(Table(
                 f"{item.image_id}: input warnings",
@@ -231,13 +410,23 @@ def explanation_report(
         ranked = values.reindex(values.abs().sort_values(ascending=False).index)
         top = ranked.head(top_k)
         label = (f"contribution to '{item.prediction}'" if signed else "concept score")
-        fig = plot_concept_bars(top, names=dict(item.concept_names), top_k=top_k, signed=signed,
-                                title=f"{item.image_id}: top concepts", xlabel=label)
-        report.add(Figures.from_matplotlib(
-            f"{item.image_id}: concepts", fig,
-            caption=("Signed contribution of each concept to the predicted class's decision value "
-                     "(weight x standardised score)." if signed else "Concept scores, highest first."),
-            data={item.name(c): float(v) for c, v in top.items()}))
+        if signed and item.residual is not None:
+            fig = plot_decision_parts(values, item.residual, item.intercept, names=dict(item.concept_names),
+                                      top_k=top_k, xlabel=label)
+            data = {item.name(c): float(v) for c, v in top.items()}
+            data.update({"residual (image embedding)": float(item.residual),
+                         "residual share": float(item.residual_share or 0.0)})
+            caption = ("Signed contribution of each concept to the predicted class's decision value "
+                       "(weight x standardised score), the residual on the image embedding (hatched: "
+                       "what the concepts do not explain) and the intercept; they add up to the "
+                       "decision value.")
+        else:
+            fig = plot_concept_bars(top, names=dict(item.concept_names), top_k=top_k, signed=signed,
+                                    title=f"{item.image_id}: top concepts", xlabel=label)
+            data = {item.name(c): float(v) for c, v in top.items()}
+            caption = ("Signed contribution of each concept to the predicted class's decision value "
+                       "(weight x standardised score)." if signed else "Concept scores, highest first.")
+        report.add(Figures.from_matplotlib(f"{item.image_id}: concepts", fig, caption=caption, data=data))
 
         table = pd.DataFrame({
             "concept id": list(ranked.index),
@@ -264,6 +453,18 @@ def explanation_report(
                       "max_abs": float(np.max(np.abs(item.attribution)))}))
         if item.faithfulness is not None:
             report.add(_faithfulness_facts(item.image_id, item.faithfulness))
+    hybrid_items = [e for e in explanations if e.residual is not None and e.contributions is not None]
+    if len(hybrid_items) > 1:
+        parts = pd.DataFrame(
+            [{"class": e.prediction, "concepts": float(e.contributions.sum()), "residual": e.residual,
+              "intercept": e.intercept, "decision": float((e.intercept or 0.0) + e.contributions.sum()
+                                                          + e.residual),
+              "residual_share": e.residual_share} for e in hybrid_items],
+            index=pd.Index([e.image_id for e in hybrid_items], name="image"))
+        for section in hybrid_sections(parts, bottleneck):
+            report.add(section)
+    for section in [*chained, *extras]:
+        report.add(section)
     report.add(_identity_facts(backbone, vocabulary, scoring, extra_facts))
     return report
 
@@ -338,6 +539,7 @@ _AUDIT_TITLES = {
     "surrogate_coefficients": "Surrogate bottleneck weights",
     "errors": "Error analysis: concepts enriched among errors",
     "slices": "Worst concept-defined slices",
+    "group_reliance": "Reliance per concept group",
 }
 
 
@@ -354,8 +556,20 @@ def audit_report(
     notice: str | None = None,
     max_thumbnails: int = 24,
     max_rows: int = 40,
+    scorer: Any = None,
+    bottleneck: Any = None,
+    embeddings: Any = None,
+    extra: Sequence[Any] | None = None,
 ) -> Report:
     """Build the audit report of a decision-maker over a data set.
+
+    Findings first (flagged concepts with their test, surrogate fidelity, concepts enriched
+    among errors, concept groups relied upon), then the evidence: the audit's tables
+    (reliance, reliance per concept group when the audit was given ``concept_groups``, tests,
+    association, errors, slices), the residual share of each decision when ``bottleneck`` is
+    a :class:`~conceptlens.concepts.HybridBottleneck`, what the chain carries (with
+    ``scorer``: learned concepts, calibration, filtering) and the sections of ``extra``;
+    settings last, collapsed.
 
     Args:
         audit: The :class:`conceptlens.concepts.AuditResult` (its DataFrames become tables).
@@ -370,6 +584,18 @@ def audit_report(
         notice: Warning shown on top.
         max_thumbnails: At most this many thumbnails (keeps the file small for large data sets).
         max_rows: Rows shown per table (the JSON holds all).
+        scorer: The :class:`~conceptlens.vocab.ConceptScorer` behind the scores (its
+            vocabulary and calibrator add their sections).
+        bottleneck: The concept bottleneck that made the decisions, when it is one; for a
+            :class:`~conceptlens.concepts.HybridBottleneck` the report shows each decision's
+            residual share (computed on ``scores``, which are then required).
+        embeddings: Image embeddings for a hybrid bottleneck whose residual reads them.
+        extra: Further objects with a ``report_sections()`` method (TCAV, MPRT cascade,
+            calibration, filtering, ...) or report sections.
+
+    Raises:
+        TypeError: An object in ``extra`` has no ``report_sections()``.
+        EmbeddingsError: A hybrid bottleneck on embeddings without ``embeddings``.
     """
     from conceptlens.explain.plots import plot_weights
 
@@ -386,7 +612,14 @@ def audit_report(
         raise ValueError(f"decisions has {len(decisions)} entries but the score table has {len(table)} rows")
     report = Report(title, kind="audit", notice=notice)
     summary = dict(getattr(audit, "summary", None) or {})
-    report.add(_audit_summary(audit, summary, names, decisions, labels))
+    parts = None
+    if is_hybrid(bottleneck):
+        if not has_scores:
+            raise ValueError("the residual share of a hybrid bottleneck's decisions needs the scores")
+        parts = hybrid_parts(bottleneck, scores, embeddings)
+    chained, chained_objects = chain_sections(scorer) if scorer is not None else ([], [])
+    extras = extra_sections(extra, skip=chained_objects)
+    report.add(_audit_summary(audit, summary, names, decisions, labels, parts))
     facts: dict[str, Any] = {"images": len(table)}
     if has_scores:
         facts["concepts"] = table.shape[1]
@@ -429,19 +662,79 @@ def audit_report(
                          caption="Mean concept score among the images given each decision."))
 
     for name, frame in _frame_fields(audit):
+        if name == "group_reliance":
+            continue  # right after the reliance table
         report.add(Table(_AUDIT_TITLES.get(name, name.replace("_", " ").capitalize()),
                          frame=frame.rename(columns=_human_column),
                          index=not isinstance(frame.index, pd.RangeIndex), max_rows=max_rows))
+        if name == "reliance":
+            for section in _group_sections(audit, names, max_rows):
+                report.add(section)
+    if not any(name == "reliance" for name, _ in _frame_fields(audit)):
+        for section in _group_sections(audit, names, max_rows):
+            report.add(section)
+    if parts is not None:
+        label_of = (dict(zip(parts.index, np.asarray(labels).astype(str), strict=True))
+                    if labels is not None else None)
+        for section in hybrid_sections(parts, bottleneck, max_rows=max_rows, labels=label_of):
+            report.add(section)
 
     if has_scores and images is not None and max_thumbnails > 0:
         report.add(_telling_examples(table, names, decisions, labels, images, max_thumbnails))
+    for section in [*chained, *extras]:
+        report.add(section)
     report.add(Facts("Settings and provenance", facts=settings, collapsed=True))
     return report
 
 
+def _group_frame(audit: Any, names: Mapping[str, str]) -> pd.DataFrame | None:
+    """The audit's reliance per concept group, members named, or ``None`` without groups."""
+    groups = getattr(audit, "group_reliance", None)
+    if not isinstance(groups, pd.DataFrame) or groups.empty:
+        return None
+    frame = groups.copy()
+    if "concepts" in frame:
+        frame["concepts"] = [", ".join(names.get(str(c), str(c)) for c in members)
+                             if isinstance(members, (list, tuple, np.ndarray)) else str(members)
+                             for members in frame["concepts"]]
+    return frame
+
+
+def _group_sections(audit: Any, names: Mapping[str, str], max_rows: int) -> list[Section]:
+    """Reliance aggregated per concept group: a table and a bar chart of the group shares."""
+    frame = _group_frame(audit, names)
+    if frame is None:
+        return []
+    import matplotlib.pyplot as plt
+
+    caption = ("Concepts of one group (e.g. the one-hot columns of one finding) count as one: "
+               "share = the surrogate's reliance summed over the group's members; 'relied' when "
+               "it reaches the audit's min_reliance. The test drops the whole group and asks "
+               "whether the decisions still depend on it (likelihood ratio given every concept "
+               "outside the group; q: Benjamini-Hochberg over groups x classes).")
+    sections: list[Section] = [
+        Table("Reliance per concept group", frame=frame.rename(columns=_human_column),
+              max_rows=max_rows, caption=caption)]
+    if "share" in frame:
+        top = frame.sort_values("share", ascending=False, kind="stable").head(15).iloc[::-1]
+        fig, ax = plt.subplots(figsize=(6.0, 0.4 * len(top) + 1.3), layout="constrained")
+        relied = top["relied"].astype(bool) if "relied" in top else pd.Series(False, index=top.index)
+        ax.barh([str(g) for g in top["group"]], top["share"],
+                color=["#0072b2" if r else "#9ab" for r in relied])
+        ax.set_xlabel("share of the surrogate's reliance (summed over the group)")
+        ax.set_title("Reliance per concept group (dark: relied upon)")
+        ax.grid(axis="x", alpha=0.3)
+        sections.append(Figures.from_matplotlib(
+            "Reliance per concept group: plot", fig, alts=["Bar chart of the reliance per concept group"],
+            caption="Each group's summed share of the surrogate's reliance, largest first.",
+            data={str(g): float(v) for g, v in zip(frame["group"], frame["share"], strict=True)}))
+    return sections
+
+
 def _audit_summary(audit: Any, summary: Mapping[str, Any], names: Mapping[str, str],
-                   decisions: np.ndarray, labels: Any) -> Summary:
-    """Findings first: flagged concepts with their test, surrogate fidelity, error concepts."""
+                   decisions: np.ndarray, labels: Any, parts: pd.DataFrame | None = None) -> Summary:
+    """Findings first: flagged concepts with their test, surrogate fidelity, error concepts,
+    concept groups relied upon and, for a hybrid bottleneck, the residual share."""
     findings = [line for line in _audit_findings(audit, names).split("\n") if line]
     flagged = [names.get(c, c) for c in summary.get("flagged_spurious", [])]
     if flagged:
@@ -471,6 +764,26 @@ def _audit_summary(audit: Any, summary: Mapping[str, Any], names: Mapping[str, s
         values["enriched_among_errors"] = [v for _, v in enriched]
     elif labels is not None:
         points.append("No concept is enriched among the errors (q < 0.05).")
+    groups = _group_frame(audit, names)
+    if groups is not None and "share" in groups:
+        relied = groups[groups["relied"].astype(bool)] if "relied" in groups else groups.head(0)
+        if len(relied):
+            parts_text = [f"{g} ({rounded(100 * float(v))}% of the reliance)"
+                          for g, v in zip(relied["group"], relied["share"], strict=True)]
+            points.append("Concept groups relied upon (each counted as one concept): "
+                          + ", ".join(parts_text[:5]) + ("" if len(parts_text) <= 5 else ", ...") + ".")
+        else:
+            points.append("No concept group is relied upon as a whole.")
+        values["group_reliance"] = {str(g): float(v) for g, v in zip(groups["group"], groups["share"],
+                                                                     strict=True)}
+    if parts is not None and len(parts):
+        median = float(parts["residual_share"].median())
+        numbers["median residual share"] = f"{rounded(100 * median)}%"
+        values["residual_share"] = {"median": median, "mean": float(parts["residual_share"].mean())}
+        points.append(f"The decisions come from a hybrid bottleneck: the concepts leave a median "
+                      f"{rounded(100 * median)}% of each decision to the residual on the image "
+                      f"embedding ({int((parts['residual_share'] > 0.5).sum())} of {len(parts)} "
+                      "decisions mostly residual).")
     return Summary("Summary", headline=headline, points=points, numbers=numbers, values=values,
                    caption="Each flag names the test that produced it; the tables below hold every number.")
 

@@ -15,15 +15,27 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from conceptlens.explain.report.builders import NOT_FOR_CLINICAL_USE, ImageExplanation
+from conceptlens.explain.report.builders import (
+    NOT_FOR_CLINICAL_USE,
+    ImageExplanation,
+    _fill_from_bottleneck,
+)
 from conceptlens.explain.report.document import (
     Facts,
     Figures,
     Report,
     Summary,
     Table,
+    Text,
     interval,
     rounded,
+)
+from conceptlens.explain.report.extras import (
+    chain_sections,
+    extra_sections,
+    hybrid_parts,
+    hybrid_sections,
+    model_kwargs,
 )
 
 __all__ = ["NOT_FOR_CLINICAL_USE", "choose_cases", "dataset_report", "dataset_tables"]
@@ -38,13 +50,15 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
-def dataset_tables(scores: Any, bottleneck: Any, labels: Sequence[Any]) -> dict[str, Any]:
+def dataset_tables(scores: Any, bottleneck: Any, labels: Sequence[Any], *,
+                   embeddings: Any = None) -> dict[str, Any]:
     """The numbers of the data-set report, as DataFrames (no images, no rendering).
 
     Args:
         scores: ``ConceptScores`` (or a DataFrame) in the bottleneck's score space.
         bottleneck: A fitted concept bottleneck (``predict``, ``predict_proba``, ``contributions``).
         labels: The true class of each score row.
+        embeddings: Image embeddings, for a hybrid bottleneck whose residual reads them.
 
     Returns:
         A dict with ``predictions`` (Series), ``confidence`` (Series), ``drivers`` (class,
@@ -52,7 +66,9 @@ def dataset_tables(scores: Any, bottleneck: Any, labels: Sequence[Any]) -> dict[
         ``prevalence`` (concepts x true classes, mean score), ``confusion`` (true x predicted
         counts), ``errors`` (one row per misclassified image with the concept that pushed it
         most toward the wrong class), ``error_groups`` (those errors counted by concept) and
-        ``accuracy`` (value, ci_low, ci_high).
+        ``accuracy`` (value, ci_low, ci_high); for a hybrid bottleneck also ``hybrid``
+        (:func:`~conceptlens.explain.report.extras.hybrid_parts`: each decision's concepts,
+        residual, intercept and residual share), else ``None``.
     """
     from conceptlens.concepts._stats import wilson_interval
 
@@ -61,10 +77,11 @@ def dataset_tables(scores: Any, bottleneck: Any, labels: Sequence[Any]) -> dict[
     labels = np.asarray(labels).astype(str)
     if len(labels) != len(table):
         raise ValueError(f"labels has {len(labels)} entries but the score table has {len(table)} rows")
-    predicted_raw = bottleneck.predict(scores)
+    kwargs = model_kwargs(bottleneck, embeddings)
+    predicted_raw = bottleneck.predict(scores, **kwargs)
     predicted = pd.Series(np.asarray(predicted_raw).astype(str), index=table.index, name="predicted")
     classes = [str(c) for c in bottleneck.classes_]
-    proba = pd.DataFrame(bottleneck.predict_proba(scores), index=table.index, columns=classes)
+    proba = pd.DataFrame(bottleneck.predict_proba(scores, **kwargs), index=table.index, columns=classes)
     confidence = pd.Series([proba.loc[i, p] for i, p in predicted.items()], index=table.index)
     contributions = bottleneck.contributions(scores)
     per_class = {str(c): contributions.for_class(_plain(c)) for c in bottleneck.classes_}
@@ -126,6 +143,7 @@ def dataset_tables(scores: Any, bottleneck: Any, labels: Sequence[Any]) -> dict[
         "prevalence": prevalence, "confusion": confusion, "errors": errors_frame,
         "error_groups": groups.reset_index(drop=True), "classes": classes,
         "accuracy": (n_correct / len(labels), float(low[0]), float(high[0])),
+        "hybrid": hybrid_parts(bottleneck, scores, embeddings, predicted=list(predicted_raw)),
     }
 
 
@@ -207,6 +225,8 @@ def dataset_report(
     title: str = "Data-set report",
     notice: str | None = None,
     max_rows: int = 40,
+    embeddings: Any = None,
+    extra: Sequence[Any] | None = None,
 ) -> Report:
     """Build the data-set report of a concept bottleneck on labelled data.
 
@@ -225,13 +245,27 @@ def dataset_report(
         title: Page title.
         notice: Warning shown on top (the model card's not-for-clinical-use notice).
         max_rows: Rows shown per table (the JSON holds all).
+        embeddings: Image embeddings (DataFrame indexed by image id) for a
+            :class:`~conceptlens.concepts.HybridBottleneck` whose residual reads them; a hybrid
+            bottleneck adds each decision's residual share (summary, table, plot).
+        extra: Further objects with a ``report_sections()`` method (TCAV, MPRT cascade,
+            calibration, filtering, training results, ...) or report sections; with ``scorer``
+            its learned concepts, calibration and filtering are added on their own.
 
     Returns:
         The :class:`Report`; ``.save(out, "dataset")`` writes ``dataset.html`` + ``dataset.json``.
+
+    Raises:
+        TypeError: An object in ``extra`` has no ``report_sections()``.
     """
+    from conceptlens.concepts.hybrid import EmbeddingsError
     from conceptlens.explain.report.workflows import explain_items
 
-    tables = dataset_tables(scores, bottleneck, labels)
+    tables = dataset_tables(scores, bottleneck, labels, embeddings=embeddings)
+    residuals = tables["hybrid"]
+    chained, chained_objects = chain_sections(scorer) if scorer is not None else ([], [])
+    extras = extra_sections(extra, skip=chained_objects)
+    gallery_note = ""
     labels = np.asarray(labels).astype(str)
     accuracy, low, high = tables["accuracy"]
     drivers, groups = tables["drivers"], tables["error_groups"]
@@ -241,8 +275,13 @@ def dataset_report(
     if scorer is not None and images is not None and n_cases > 0:
         cases = [c for c in choose_cases(tables, labels, n_cases) if c in images]
         if cases:
-            items, _ = explain_items(scorer, {c: images[c] for c in cases}, bottleneck=bottleneck,
-                                     method=method, top_k=top_k, n_steps=n_steps, max_images=None)
+            try:
+                items, _ = explain_items(scorer, {c: images[c] for c in cases}, bottleneck=bottleneck,
+                                         method=method, top_k=top_k, n_steps=n_steps, max_images=None)
+            except EmbeddingsError as error:  # a hybrid bottleneck on embeddings: no gallery yet
+                gallery_note = f"The gallery of cases is left out: {error}."
+            if items:
+                _fill_from_bottleneck(items, bottleneck, embeddings)
 
     points, values = [], {"accuracy": {"value": accuracy, "ci_low": low, "ci_high": high}}
     for cls in tables["classes"]:
@@ -268,10 +307,19 @@ def dataset_report(
         points.append(f"{ok} of {len(cards)} attributions in the gallery converged "
                       "(they sum to f(x) - f(baseline) within the tolerance).")
         values["attributions converged"] = [ok, len(cards)]
+    if residuals is not None and len(residuals):
+        median = float(residuals["residual_share"].median())
+        points.append(f"Hybrid bottleneck: the concepts leave a median {rounded(100 * median)}% of each "
+                      f"decision to the residual on the image embedding "
+                      f"({int((residuals['residual_share'] > 0.5).sum())} of {len(residuals)} decisions "
+                      "mostly residual).")
+        values["residual_share"] = {"median": median, "mean": float(residuals["residual_share"].mean())}
     headline = (f"Accuracy {interval(accuracy, low, high)} on {_count(len(labels), 'labelled image')} "
                 f"({_count(n_errors, 'error')}).")
     numbers = {"images": str(len(labels)), "accuracy (95% interval)": interval(accuracy, low, high),
                "errors": str(n_errors), "classes": ", ".join(tables["classes"])}
+    if residuals is not None and len(residuals):
+        numbers["median residual share"] = f"{rounded(100 * float(residuals['residual_share'].median()))}%"
     report.add(Summary("Summary", headline=headline, points=points, numbers=numbers, values=values,
                        caption="Contributions are signed: weight x standardised concept score, toward "
                                "the predicted class. The evidence follows; the settings are at the end."))
@@ -297,6 +345,12 @@ def dataset_report(
                              "mean); groups by concept and error, largest first."))
     if len(tables["errors"]):
         report.add(Table("Misclassified images", frame=tables["errors"], max_rows=max_rows))
+    if residuals is not None and len(residuals):
+        label_of = dict(zip(residuals.index, labels, strict=True))
+        for section in hybrid_sections(residuals, bottleneck, max_rows=max_rows, labels=label_of):
+            report.add(section)
+    if gallery_note:
+        report.add(Text("Representative cases", text=gallery_note))
 
     faith_rows = []
     for item in items:
@@ -322,6 +376,8 @@ def dataset_report(
                                  "(below 0.05 converged). Deletion ratio: deletion area of the map over "
                                  "that of random maps (below 1: better than chance)."))
 
+    for section in [*chained, *extras]:
+        report.add(section)
     settings: dict[str, Any] = {"bottleneck": type(bottleneck).__name__, "classes": tables["classes"]}
     backbone = getattr(scores, "backbone", None) or {}
     if backbone.get("model_id"):

@@ -13,6 +13,7 @@ import html
 import io
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from PIL import Image
 from conceptlens._jsonable import jsonable
 
 __all__ = [
+    "Contents",
     "Facts",
     "Summary",
     "interval",
@@ -38,6 +40,9 @@ __all__ = [
     "figure_to_data_uri",
     "image_to_data_uri",
 ]
+
+
+_ANCHOR = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,80}")
 
 
 def figure_to_data_uri(fig: Any, *, dpi: int = 110) -> str:
@@ -138,16 +143,28 @@ class Section:
     """Base of the report's building blocks: a heading and an optional caption.
 
     ``collapsed`` sections (settings, provenance) render inside a closed ``<details>`` box.
+    ``anchor`` (letters, digits, ``-`` and ``_`` only) becomes the section's ``id`` so that a
+    :class:`Contents` block can link to it.
     """
 
     title: str
     caption: str = ""
     kind: str = field(default="text", init=False)
     collapsed: bool = field(default=False, kw_only=True)
+    anchor: str = field(default="", kw_only=True)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "anchor" and value and not _ANCHOR.fullmatch(str(value)):
+            raise ValueError(f"anchor must be letters, digits, '-' or '_' (starting with a letter), "
+                             f"got {value!r}")
+        super().__setattr__(name, value)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready content of the section: ``kind``, ``title``, ``caption``."""
-        return {"kind": self.kind, "title": self.title, "caption": self.caption}
+        """JSON-ready content of the section: ``kind``, ``title``, ``caption`` (and ``anchor``)."""
+        out = {"kind": self.kind, "title": self.title, "caption": self.caption}
+        if self.anchor:
+            out["anchor"] = self.anchor
+        return out
 
 
 @dataclass
@@ -181,6 +198,36 @@ class Summary(Section):
         """JSON-ready content: headline, points, the numbers as shown and their exact values."""
         return {**super().to_dict(), "headline": self.headline, "points": list(self.points),
                 "numbers": dict(self.numbers), "values": jsonable(dict(self.values))}
+
+
+@dataclass
+class Contents(Section):
+    """A table of contents: links to anchored sections further down the page.
+
+    Args:
+        entries: One dict per link: ``anchor`` (the target section's :attr:`Section.anchor`),
+            ``label`` (the link text) and optionally ``details`` (a short plain line shown
+            after the link, e.g. the prediction and confidence).
+
+    Examples:
+        >>> c = Contents("Images", entries=[{"anchor": "image-1", "label": "a.png"}])
+        >>> c.to_dict()["entries"][0]["anchor"]
+        'image-1'
+    """
+
+    entries: list[dict[str, str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.kind = "contents"
+        for entry in self.entries:
+            if not _ANCHOR.fullmatch(str(entry.get("anchor", ""))):
+                raise ValueError(f"contents entry has an invalid anchor: {entry.get('anchor')!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready content: the entries (anchor, label, details)."""
+        return {**super().to_dict(), "entries": [
+            {"anchor": str(e["anchor"]), "label": str(e.get("label", "")),
+             "details": str(e.get("details", ""))} for e in self.entries]}
 
 
 @dataclass
