@@ -10,29 +10,52 @@
   ``conceptlens.models.load_backbone("demo")``.
 """
 
-from typing import Any
+from __future__ import annotations
 
-from conceptlens.demo.evaluate import (
-    PROMPT_TEMPLATE,
-    QUALITY_BARS,
-    REFERENCE_PROMPT,
-    DemoEvaluation,
-    concept_prompt,
-    evaluate_demo_model,
-)
-from conceptlens.demo.generator import (
-    ARTIFACT_ID,
-    CONCEPT_IDS,
-    CRITERIA_IDS,
-    CRITERIA_POINTS,
-    SyntheticDermoscopy,
-    caption_words,
-    concept_synonyms,
-    generate,
-    patch_masks,
-    seven_point_score,
-)
-from conceptlens.demo.weights_io import DEMO_WEIGHTS_DIR, load_demo_model
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from conceptlens.demo.evaluate import (
+        PROMPT_TEMPLATE,
+        QUALITY_BARS,
+        REFERENCE_PROMPT,
+        DemoEvaluation,
+        concept_prompt,
+        evaluate_demo_model,
+    )
+    from conceptlens.demo.generator import (
+        ARTIFACT_ID,
+        CONCEPT_IDS,
+        CRITERIA_IDS,
+        CRITERIA_POINTS,
+        SyntheticDermoscopy,
+        caption_words,
+        concept_synonyms,
+        generate,
+        patch_masks,
+        seven_point_score,
+    )
+    from conceptlens.demo.train import TrainingConfig, train_demo_model
+    from conceptlens.demo.weights_io import DEMO_WEIGHTS_DIR, load_demo_model
+
+# Every name is imported on first use: the backbone plugin (conceptlens.demo.backbone), which
+# load_backbone("demo") reaches through an entry point, must not pull in scikit-learn and
+# pandas with the evaluation and the generator, nor the optimiser code with training.
+_EXPORTS: dict[str, str] = {
+    **dict.fromkeys(
+        ("PROMPT_TEMPLATE", "QUALITY_BARS", "REFERENCE_PROMPT", "DemoEvaluation",
+         "concept_prompt", "evaluate_demo_model"),
+        "evaluate",
+    ),
+    **dict.fromkeys(
+        ("ARTIFACT_ID", "CONCEPT_IDS", "CRITERIA_IDS", "CRITERIA_POINTS", "SyntheticDermoscopy",
+         "caption_words", "concept_synonyms", "generate", "patch_masks", "seven_point_score"),
+        "generator",
+    ),
+    **dict.fromkeys(("train_demo_model", "TrainingConfig"), "train"),
+    **dict.fromkeys(("DEMO_WEIGHTS_DIR", "load_demo_model"), "weights_io"),
+}
 
 __all__ = [
     "ARTIFACT_ID",
@@ -58,9 +81,15 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:  # training pulls in the optimiser code only when asked for
-    if name in ("train_demo_model", "TrainingConfig"):
-        from conceptlens.demo import train
+def __getattr__(name: str) -> Any:
+    """Import an exported name from its submodule the first time it is asked for."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'conceptlens.demo' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"conceptlens.demo.{module}"), name)
+    globals()[name] = value
+    return value
 
-        return getattr(train, name)
-    raise AttributeError(f"module 'conceptlens.demo' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

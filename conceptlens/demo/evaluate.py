@@ -40,6 +40,7 @@ from conceptlens.demo.generator import (
     generate,
     patch_masks,
 )
+from conceptlens.train.core import pixels_from_uint8
 
 __all__ = [
     "MAJOR_CRITERIA",
@@ -153,8 +154,6 @@ class _ModelEncoder:
 
     @torch.no_grad()
     def images(self, images: np.ndarray, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        from conceptlens.demo.train import pixels_from_uint8
-
         globals_, patches = [], []
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]

@@ -31,7 +31,7 @@ REFERENCE_SIZE = 1000
 
 def demo_reference_path() -> Path:
     """Where the demo model's reference ships (beside its weights)."""
-    from conceptlens.models.factory import demo_weights_dir
+    from conceptlens.demo.backbone import demo_weights_dir
     from conceptlens.vocab.reference import REFERENCE_FILE_NAME
 
     return demo_weights_dir() / REFERENCE_FILE_NAME

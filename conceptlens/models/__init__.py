@@ -21,6 +21,7 @@ from conceptlens.models.reference import (
     ConceptCLIPProcessor,
     create_reference_model,
 )
+from conceptlens.models.registry import BackboneSpec, register_backbone
 from conceptlens.models.siglip import SiglipBackbone
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "BackboneIdentity",
     "BackboneLoadError",
     "BackboneNotFoundError",
+    "BackboneSpec",
     "CLIPBackbone",
     "ConceptCLIPBackbone",
     "ConceptCLIPConfig",
@@ -47,4 +49,5 @@ __all__ = [
     "list_backbones",
     "load_backbone",
     "load_image",
+    "register_backbone",
 ]

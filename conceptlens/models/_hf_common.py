@@ -31,6 +31,7 @@ from conceptlens.models.errors import (
     BackboneNotFoundError,
     UnsupportedBackboneError,
 )
+from conceptlens.models.hub import hub_error
 from conceptlens.models.images import load_pil_images
 from conceptlens.models.runtime import (
     dtype_name,
@@ -230,8 +231,6 @@ def _load(what: str, name: str, loader: Callable[[], Any], revision: str | None)
     except (OSError, ValueError) as err:
         if isinstance(err, BackboneLoadError):
             raise
-        from conceptlens.models.factory import hub_error
-
         raise hub_error(name, err, revision=revision) from err
 
 

@@ -22,12 +22,20 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["Backbone", "BackboneIdentity", "ImageFeatures", "TextFeatures", "as_text_list"]
+__all__ = [
+    "Backbone",
+    "BackboneIdentity",
+    "ImageFeatures",
+    "TextFeatures",
+    "as_text_list",
+    "weights_folder_of",
+]
 
 
 def as_text_list(texts: Sequence[str] | str) -> list[str]:
@@ -198,9 +206,49 @@ class Backbone(ABC):
 
     num_prefix_tokens: int = 0
 
+    @property
+    def weights_folder(self) -> Path | None:
+        """The local folder the weights were loaded from, or ``None`` (hub, in memory).
+
+        What ships beside the weights lives there: the model card (``README.md`` /
+        ``MODEL_CARD.md``) and a reference set for the out-of-distribution check
+        (:data:`conceptlens.vocab.reference.REFERENCE_FILE_NAME`). The default is
+        :attr:`identity`'s ``model_id`` when that is an existing folder; adapters that load
+        from a folder under another id (e.g. the demo model, ``"conceptlens:demo"``) return
+        the folder itself.
+        """
+        return _existing_folder(self.identity.model_id)
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(model_id={self.identity.model_id!r}, "
             f"image_size={self.image_size}, grid_size={self.grid_size}, "
             f"embed_dim={self.embed_dim}, dtype={self.identity.dtype}, device={self.device})"
         )
+
+
+def weights_folder_of(backbone: Any) -> Path | None:
+    """:attr:`Backbone.weights_folder` of any backbone-like object.
+
+    Objects that are not a :class:`Backbone` (test doubles, wrappers) count by their
+    ``weights_folder`` attribute if they have one, else by ``identity.model_id`` when that
+    is an existing folder.
+
+    Returns:
+        The folder, or ``None`` when the weights do not come from a local folder.
+    """
+    folder = getattr(backbone, "weights_folder", None)
+    if folder is not None:
+        return Path(folder)
+    identity = getattr(backbone, "identity", None)
+    return _existing_folder(getattr(identity, "model_id", None))
+
+
+def _existing_folder(model_id: object) -> Path | None:
+    if not isinstance(model_id, str) or not model_id:
+        return None
+    folder = Path(model_id)
+    try:
+        return folder if folder.is_dir() else None
+    except OSError:  # a hub id that is no valid path on this system
+        return None

@@ -34,11 +34,12 @@ from conceptlens.models.errors import (
     RemoteCodeRequiredError,
     UnsupportedBackboneError,
 )
-from conceptlens.models.factory import (
+from conceptlens.models.hub import hub_error, remote_code_message
+from conceptlens.models.images import load_pil_images
+from conceptlens.models.reference import load_reference_folder
+from conceptlens.models.runtime import (
     hash_state_dict,
     hash_weight_files,
-    hub_error,
-    remote_code_message,
     resolve_device,
     resolve_dtype,
 )
@@ -72,6 +73,9 @@ class ConceptCLIPBackbone(Backbone):
             hashed the first time :attr:`identity` is read.
         context_length: Texts are padded / truncated to this many tokens (default: the
             processor's ``max_length``, else 77 like the authors).
+        weights_folder: The local folder the weights come from, for
+            :attr:`~conceptlens.models.base.Backbone.weights_folder` (model card, shipped
+            reference set) when ``model_id`` is not that folder.
 
     Attributes:
         image_size: ``(H, W)`` of the pixel values the model takes.
@@ -100,6 +104,7 @@ class ConceptCLIPBackbone(Backbone):
         revision: str | None = None,
         weights_hash: str | None = None,
         context_length: int | None = None,
+        weights_folder: str | os.PathLike[str] | None = None,
     ) -> None:
         self.model = model.eval()
         self.model.requires_grad_(False)
@@ -123,6 +128,7 @@ class ConceptCLIPBackbone(Backbone):
         self._model_id = model_id
         self._revision = revision
         self._weights_hash = weights_hash
+        self._weights_folder = Path(weights_folder) if weights_folder is not None else None
         self._identity: BackboneIdentity | None = None
         self._read_calibration()
 
@@ -145,8 +151,8 @@ class ConceptCLIPBackbone(Backbone):
 
         Args:
             name_or_path: Hub id (``"JerrryNie/ConceptCLIP"``) or local folder.
-            device: See :func:`~conceptlens.models.factory.resolve_device`.
-            dtype: See :func:`~conceptlens.models.factory.resolve_dtype`.
+            device: See :func:`~conceptlens.models.runtime.resolve_device`.
+            dtype: See :func:`~conceptlens.models.runtime.resolve_dtype`.
             revision: Hub branch, tag or commit.
             trust_remote_code: Allow the folder's / repository's Python code to run.
             token: Hugging Face token (ConceptCLIP is gated).
@@ -171,8 +177,6 @@ class ConceptCLIPBackbone(Backbone):
             raise RemoteCodeRequiredError(remote_code_message(source))
         try:
             if use_package_code:
-                from conceptlens.models.reference import load_reference_folder
-
                 model, processor = load_reference_folder(folder, dtype=torch_dtype)
             else:
                 from transformers import AutoModel, AutoProcessor
@@ -198,9 +202,17 @@ class ConceptCLIPBackbone(Backbone):
             model_id=model_id or (str(folder.resolve()) if local else source),
             revision=revision or getattr(config, "_commit_hash", None),
             weights_hash=hash_weight_files(folder) if local else None,
+            weights_folder=folder.resolve() if local else None,
         )
 
     # ------------------------------------------------------------------ Backbone API
+
+    @property
+    def weights_folder(self) -> Path | None:
+        """The folder :meth:`from_pretrained` loaded the weights from (whatever
+        :attr:`identity` records as ``model_id``), else the base class's answer."""
+        folder = getattr(self, "_weights_folder", None)
+        return folder if folder is not None else super().weights_folder
 
     @property
     def identity(self) -> BackboneIdentity:  # type: ignore[override]
@@ -249,8 +261,6 @@ class ConceptCLIPBackbone(Backbone):
         Returns:
             ``(B, 3, H, W)`` float32 pixel values on the CPU.
         """
-        from conceptlens.models.images import load_pil_images
-
         pil = load_pil_images(images)
         pixels = self.image_processor(pil, return_tensors="pt")["pixel_values"]
         return pixels.float()

@@ -5,8 +5,9 @@
 True
 
 ``load_backbone("conceptclip", trust_remote_code=True, token=...)`` loads the released
-ConceptCLIP through its own remote code; ``load_backbone("demo")`` loads the small model that
-ships inside the package; a local folder is dispatched by its ``config.json``.
+ConceptCLIP through its own remote code; a local folder is dispatched by its
+``config.json``; names that plugins register (:mod:`conceptlens.models.registry`) go to their
+own loaders: ``load_backbone("demo")`` loads the small model the demo package ships.
 """
 
 from __future__ import annotations
@@ -15,18 +16,27 @@ import difflib
 import json
 import os
 import re
-from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from conceptlens.errors import DeprecatedNameWarning
+from conceptlens.models.clip import CLIPBackbone
+from conceptlens.models.conceptclip import ConceptCLIPBackbone
 from conceptlens.models.errors import (
     BackboneLoadError,
     BackboneNotFoundError,
     UnknownBackboneError,
     UnsupportedBackboneError,
+)
+from conceptlens.models.hub import hub_error, remote_code_message
+from conceptlens.models.open_clip import OpenCLIPBackbone, list_open_clip_models
+from conceptlens.models.registry import (
+    BACKBONES,
+    FAMILIES,
+    BackboneSpec,
+    register_backbone,
 )
 from conceptlens.models.runtime import (
     hash_state_dict,
@@ -34,6 +44,7 @@ from conceptlens.models.runtime import (
     resolve_device,
     resolve_dtype,
 )
+from conceptlens.models.siglip import SiglipBackbone
 
 if TYPE_CHECKING:
     from conceptlens.models.base import Backbone
@@ -49,94 +60,11 @@ __all__ = [
     "hub_error",
     "list_backbones",
     "load_backbone",
+    "register_backbone",
     "remote_code_message",
     "resolve_device",
     "resolve_dtype",
 ]
-
-FAMILIES = ("conceptclip", "clip", "siglip", "open_clip")
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """A short name :func:`load_backbone` knows.
-
-    Attributes:
-        name: The short name.
-        source: Hub id, or ``"package:demo"`` for the weights shipped in the package.
-        family: Adapter family: ``"conceptclip"``, ``"clip"``, ``"siglip"`` or ``"open_clip"``
-            (source ``"hf-hub:<repo>"``; needs the ``open_clip`` extra).
-        remote_code: Whether loading runs Python code from the model repository.
-        description: One line for humans.
-    """
-
-    name: str
-    source: str
-    family: str
-    remote_code: bool
-    description: str
-
-
-BACKBONES: dict[str, BackboneSpec] = {
-    spec.name: spec
-    for spec in (
-        BackboneSpec(
-            "conceptclip",
-            "JerrryNie/ConceptCLIP",
-            "conceptclip",
-            True,
-            "ConceptCLIP (SigLIP so400m/14 @384 + PubMedBERT); gated, needs a token",
-        ),
-        BackboneSpec(
-            "demo",
-            "package:demo",
-            "conceptclip",
-            False,
-            "tiny ConceptCLIP-architecture model trained on the synthetic demo data (offline)",
-        ),
-        BackboneSpec(
-            "clip-vit-b16", "openai/clip-vit-base-patch16", "clip", False, "OpenAI CLIP ViT-B/16"
-        ),
-        BackboneSpec(
-            "clip-vit-b32", "openai/clip-vit-base-patch32", "clip", False, "OpenAI CLIP ViT-B/32"
-        ),
-        BackboneSpec(
-            "clip-vit-l14",
-            "openai/clip-vit-large-patch14",
-            "clip",
-            False,
-            "OpenAI CLIP ViT-L/14",
-        ),
-        BackboneSpec(
-            "siglip-base",
-            "google/siglip-base-patch16-224",
-            "siglip",
-            False,
-            "SigLIP ViT-B/16 @224",
-        ),
-        BackboneSpec(
-            "biomedclip",
-            "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",
-            "open_clip",
-            False,
-            "BiomedCLIP ViT-B/16 + PubMedBERT (open_clip checkpoint; needs the open_clip extra)",
-        ),
-        BackboneSpec(
-            "quiltnet-b32",
-            "hf-hub:wisdomik/QuiltNet-B-32",
-            "open_clip",
-            False,
-            "QuiltNet ViT-B/32, histopathology CLIP (open_clip checkpoint; open_clip extra)",
-        ),
-        BackboneSpec(
-            "siglip-so400m",
-            "google/siglip-so400m-patch14-384",
-            "siglip",
-            False,
-            "SigLIP so400m/14 @384 (ConceptCLIP's image tower before medical training)",
-        ),
-    )
-}
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -157,19 +85,33 @@ def list_backbones(*, open_clip: bool = True) -> list[str]:
     """
     names = sorted(BACKBONES)
     if open_clip:
-        from conceptlens.models.open_clip import list_open_clip_models
-
         names += sorted(list_open_clip_models())
     return names
 
 
-
-
-
-
 def demo_weights_dir() -> Path:
-    """Folder of the demo model shipped in the package (``conceptlens/demo/weights``)."""
-    return Path(str(resources.files("conceptlens.demo").joinpath("weights")))
+    """Folder of the demo model's weights; deprecated, use
+    :data:`conceptlens.demo.DEMO_WEIGHTS_DIR` or ``load_backbone("demo").weights_folder``.
+
+    The demo model is a backbone plugin (see :mod:`conceptlens.models.registry`); this reads
+    the folder its registration names.
+
+    Raises:
+        UnknownBackboneError: The demo plugin is not registered (conceptlens is not
+            installed, so its entry points are missing).
+    """
+    import warnings
+
+    warnings.warn(
+        "conceptlens.models.factory.demo_weights_dir() is deprecated; use "
+        "conceptlens.demo.DEMO_WEIGHTS_DIR or load_backbone('demo').weights_folder",
+        DeprecatedNameWarning,
+        stacklevel=2,
+    )
+    spec = BACKBONES.lookup("demo")
+    if spec is None:
+        raise UnknownBackboneError(_unknown_name_message("demo"))
+    return Path(spec.source)
 
 
 def load_backbone(
@@ -194,10 +136,11 @@ def load_backbone(
         device: ``None`` picks CUDA, then MPS, then the CPU (see :func:`resolve_device`).
         dtype: ``"auto"`` (default): bfloat16 where the device runs it natively (CUDA with
             bf16 support; a CPU with ``avx512_bf16`` / ``amx_bf16``, arm64 ``bf16``), float32
-            otherwise (see :func:`~conceptlens.models.runtime.auto_dtype`). The demo model
-            stays float32 under ``"auto"``: it is small enough that bfloat16 saves nothing,
-            and its shipped reference set and every number in the docs were made in float32;
-            ask for ``dtype="bfloat16"`` to get it. ``None`` or ``"float32"``, ``"bfloat16"``,
+            otherwise (see :func:`~conceptlens.models.runtime.auto_dtype`). A plugin's
+            loader (see :mod:`~conceptlens.models.registry`) decides what ``"auto"`` means
+            for its model: the demo model stays float32, being small enough that bfloat16
+            saves nothing, with its shipped reference set and every number in the docs made
+            in float32; ask for ``dtype="bfloat16"`` to get it. ``None`` or ``"float32"``, ``"bfloat16"``,
             ``"float16"`` (not on the CPU) force a dtype. The resolved dtype is part of
             :attr:`Backbone.identity` (bfloat16 scores differ by about 1e-3).
         revision: Hub branch, tag or commit; pin a commit you reviewed when using remote code.
@@ -213,7 +156,7 @@ def load_backbone(
     Raises:
         UnknownBackboneError: Not a short name, hub id or folder (lists the valid names).
         RemoteCodeRequiredError: The model needs ``trust_remote_code=True``.
-        BackboneNotFoundError: The folder (or the demo weights) does not exist.
+        BackboneNotFoundError: The folder (or a plugin's weights) does not exist.
         BackboneLoadError: The hub cannot be reached, the repository is gated / not found,
             or the files are incomplete; the message says what to do.
         UnsupportedBackboneError: A model family no adapter handles.
@@ -226,29 +169,28 @@ def load_backbone(
     name = os.fspath(name_or_path)
     if not isinstance(name, str):
         raise TypeError(f"name_or_path must be a string or path, got {type(name).__name__}")
-    if name == "demo" and isinstance(dtype, str) and dtype.strip().lower() == "auto":
-        dtype = "float32"
+    spec = BACKBONES.lookup(name)
+    if spec is not None and spec.loader is not None:  # a plugin: it resolves the dtype
+        _refuse_pretrained(pretrained, name)
+        return spec.loader(
+            device=torch_device,
+            dtype=dtype,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+            token=token,
+        )
     torch_dtype = resolve_dtype(dtype, torch_device)
     options = dict(device=torch_device, dtype=torch_dtype, revision=revision, token=token)
 
     if name.startswith(("open_clip:", "hf-hub:")) or (
-        name in BACKBONES and BACKBONES[name].family == "open_clip"
+        spec is not None and spec.family == "open_clip"
     ):
-        source = BACKBONES[name].source if name in BACKBONES else name
-        from conceptlens.models.open_clip import OpenCLIPBackbone
-
+        source = spec.source if spec is not None else name
         return OpenCLIPBackbone.create(
             source, pretrained=pretrained, device=torch_device, dtype=torch_dtype
         )
-    if pretrained is not None:
-        raise ValueError(
-            "pretrained= applies to open_clip models only ('open_clip:<name>'); "
-            f"{name!r} is not one"
-        )
-    if name in BACKBONES:
-        spec = BACKBONES[name]
-        if spec.source == "package:demo":
-            return _load_demo(torch_device, torch_dtype)
+    _refuse_pretrained(pretrained, name)
+    if spec is not None:
         return _load_family(spec.family, spec.source, trust_remote_code, **options)
 
     path = Path(name).expanduser()
@@ -287,57 +229,6 @@ def family_from_config(config: dict[str, Any], where: str) -> str:
     )
 
 
-def hub_error(name: str, exc: BaseException, *, revision: str | None = None) -> BackboneLoadError:
-    """Turn a hub / file error raised while loading ``name`` into one actionable message.
-
-    Args:
-        name: Hub id or folder being loaded.
-        exc: The error from ``huggingface_hub`` or ``transformers``.
-        revision: The revision asked for, if any.
-
-    Returns:
-        A :class:`BackboneLoadError` (raise it ``from exc``).
-    """
-    from huggingface_hub import errors as hf_errors
-
-    chain = _exception_chain(exc)
-    url = f"https://huggingface.co/{name}"
-    local_hint = (
-        "or download the model once on a machine with access and pass the local folder "
-        "(config.json, weights, processor files) instead of the hub id"
-    )
-    if any(isinstance(e, hf_errors.GatedRepoError) for e in chain):
-        reason = (
-            f"{name!r} is a gated repository on the Hugging Face hub: accept its terms at {url} "
-            f"with your account, then pass token='hf_...' (or log in with `hf auth login`), "
-            f"{local_hint}"
-        )
-    elif any(isinstance(e, hf_errors.RevisionNotFoundError) for e in chain):
-        reason = f"revision {revision!r} does not exist in {name!r}; check the branch, tag or commit"
-    elif any(isinstance(e, hf_errors.RepositoryNotFoundError) for e in chain):
-        reason = (
-            f"{name!r} was not found on the Hugging Face hub: check the spelling, pass "
-            f"token='hf_...' if it is private or gated, {local_hint}. "
-            f"Known short names: {', '.join(sorted(BACKBONES))}"
-        )
-    elif any(
-        isinstance(e, (hf_errors.OfflineModeIsEnabled, hf_errors.LocalEntryNotFoundError,
-                       ConnectionError, TimeoutError))
-        for e in chain
-    ) or _mentions_connection(chain):
-        reason = (
-            f"{name!r} could not be reached: the Hugging Face hub is not reachable from here "
-            f"(offline mode or no network) and no copy is in the local cache. Connect and retry, "
-            f"pass token='hf_...' if the repository is gated, {local_hint}"
-        )
-    else:
-        reason = (
-            f"{name!r} could not be loaded; if it is a hub id, check the name and your access "
-            f"(pass token='hf_...' for gated or private repositories), {local_hint}"
-        )
-    return BackboneLoadError(f"{reason}. Original error: {type(exc).__name__}: {exc}")
-
-
 # --------------------------------------------------------------------------------------------
 
 
@@ -352,8 +243,6 @@ def _load_family(
     token: str | bool | None,
 ) -> Backbone:
     if family == "conceptclip":
-        from conceptlens.models.conceptclip import ConceptCLIPBackbone
-
         return ConceptCLIPBackbone.from_pretrained(
             source,
             device=device,
@@ -362,10 +251,11 @@ def _load_family(
             trust_remote_code=trust_remote_code,
             token=token,
         )
+    adapter: type[CLIPBackbone] | type[SiglipBackbone]
     if family == "clip":
-        from conceptlens.models.clip import CLIPBackbone as adapter
+        adapter = CLIPBackbone
     elif family == "siglip":
-        from conceptlens.models.siglip import SiglipBackbone as adapter
+        adapter = SiglipBackbone
     else:  # pragma: no cover - FAMILIES is closed
         raise UnsupportedBackboneError(f"unknown backbone family {family!r}")
     try:
@@ -378,19 +268,12 @@ def _load_family(
         raise hub_error(source, exc, revision=revision) from exc
 
 
-def _load_demo(device: torch.device, dtype: torch.dtype) -> Backbone:
-    from conceptlens.models.conceptclip import ConceptCLIPBackbone
-
-    folder = demo_weights_dir()
-    if not (folder / "config.json").is_file():
-        raise BackboneNotFoundError(
-            f"the demo model's weights are missing from this installation (expected {folder}/"
-            "config.json); reinstall conceptlens from a complete distribution, or rebuild them "
-            "with the demo training script in conceptlens.demo"
+def _refuse_pretrained(pretrained: str | None, name: str) -> None:
+    if pretrained is not None:
+        raise ValueError(
+            "pretrained= applies to open_clip models only ('open_clip:<name>'); "
+            f"{name!r} is not one"
         )
-    return ConceptCLIPBackbone.from_pretrained(
-        folder, device=device, dtype=dtype, use_package_code=True, model_id="conceptlens:demo"
-    )
 
 
 def _fetch_hub_config(name: str, *, revision: str | None, token: str | bool | None) -> dict:
@@ -436,37 +319,3 @@ def _unknown_name_message(name: str) -> str:
         "or pass a hub id ('owner/name'), a local folder, 'open_clip:<config>' or "
         "'hf-hub:<org>/<repo>' (open_clip models)."
     )
-
-
-def _exception_chain(exc: BaseException) -> list[BaseException]:
-    chain: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and current not in chain:
-        chain.append(current)
-        current = current.__cause__ or current.__context__
-    return chain
-
-
-def _mentions_connection(chain: list[BaseException]) -> bool:
-    text = " ".join(str(e) for e in chain).lower()
-    return any(
-        word in text
-        for word in ("couldn't connect", "could not connect", "offline", "connection", "timed out")
-    )
-
-
-def remote_code_message(name: str) -> str:
-    """Why ``name`` needs ``trust_remote_code=True`` and how to pass it."""
-    return (
-        f"{name!r} needs trust_remote_code=True: ConceptCLIP's architecture (a SigLIP image "
-        "tower and a PubMedBERT text tower with token heads for concept-level alignment) is "
-        "not part of transformers, so the model repository ships its own Python files and "
-        "loading it runs that code on this machine. Review the code (config.json's auto_map "
-        "names the files), then call load_backbone(..., trust_remote_code=True); pinning "
-        "revision='<commit>' keeps the code you reviewed."
-    )
-
-
-
-
-

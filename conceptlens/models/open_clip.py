@@ -45,8 +45,11 @@ from conceptlens.models.base import (
 from conceptlens.models.errors import (
     BackboneLoadError,
     MissingExtraError,
+    UnknownBackboneError,
     UnsupportedBackboneError,
 )
+from conceptlens.models.hub import hub_error
+from conceptlens.models.images import load_pil_images
 from conceptlens.models.runtime import (
     dtype_name,
     hash_state_dict,
@@ -223,9 +226,6 @@ class OpenCLIPBackbone(Backbone):
             UnknownBackboneError: Not a bundled config name.
             BackboneLoadError: The hub (weights, config or tokenizer) cannot be reached.
         """
-        from conceptlens.models.errors import UnknownBackboneError
-        from conceptlens.models.factory import hub_error
-
         open_clip = import_open_clip()
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
@@ -359,8 +359,6 @@ class OpenCLIPBackbone(Backbone):
         Squash resize to :attr:`image_size` with open_clip's interpolation, scale to [0, 1],
         normalise with the model's mean and std; float32 on the CPU.
         """
-        from conceptlens.models.images import load_pil_images
-
         p = self._preprocessing
         height, width = self.image_size
         mean = torch.tensor(p["mean"]).view(3, 1, 1)

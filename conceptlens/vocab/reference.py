@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from conceptlens.errors import ConceptlensError
+from conceptlens.models.base import weights_folder_of
 
 __all__ = ["METHODS", "REFERENCE_FILE_NAME", "EmbeddingReference", "default_reference"]
 
@@ -265,9 +266,10 @@ class EmbeddingReference:
 def default_reference(backbone: Any) -> EmbeddingReference | None:
     """The reference shipped beside a backbone's weights, if any.
 
-    Looks for :data:`REFERENCE_FILE_NAME` in the model's folder (the package's demo weights
-    for ``load_backbone("demo")``, the local folder for a model loaded from one) and uses it
-    only when the file records the same ``weights_hash`` as the backbone.
+    Looks for :data:`REFERENCE_FILE_NAME` in the backbone's
+    :attr:`~conceptlens.models.base.Backbone.weights_folder` (the folder a model was loaded
+    from; the demo model's shipped weights for ``load_backbone("demo")``) and uses it only
+    when the file records the same ``weights_hash`` as the backbone.
 
     Returns:
         The fitted reference, or ``None`` when there is none for this backbone.
@@ -275,13 +277,9 @@ def default_reference(backbone: Any) -> EmbeddingReference | None:
     identity = getattr(backbone, "identity", None)
     if identity is None:
         return None
-    model_id = str(identity.model_id)
-    if model_id.startswith("conceptlens:demo"):
-        from conceptlens.models.factory import demo_weights_dir
-
-        folder = demo_weights_dir()
-    else:
-        folder = Path(model_id)
+    folder = weights_folder_of(backbone)
+    if folder is None:
+        return None
     path = folder / REFERENCE_FILE_NAME
     try:
         if not path.is_file():

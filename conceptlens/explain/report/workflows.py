@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,15 +16,14 @@ __all__ = ["explain_images", "explain_items", "model_notice"]
 def model_notice(backbone: Any) -> str | None:
     """The not-for-clinical-use notice a backbone's model card asks for, if any.
 
-    Reads ``README.md`` / ``MODEL_CARD.md`` beside a local model's weights (the demo model's
-    card for ``load_backbone("demo")``) and returns the card's line that says "not for
-    clinical use", or ``None``.
+    Reads ``README.md`` / ``MODEL_CARD.md`` in the backbone's
+    :attr:`~conceptlens.models.base.Backbone.weights_folder` and returns the card's line
+    that says "not for clinical use", or ``None``.
     """
-    from conceptlens.models.factory import demo_weights_dir
+    from conceptlens.models.base import weights_folder_of
 
-    model_id = getattr(getattr(backbone, "identity", None), "model_id", "") or ""
-    folder = demo_weights_dir() if model_id.startswith("conceptlens:demo") else Path(model_id)
-    if not folder.is_dir():
+    folder = weights_folder_of(backbone)
+    if folder is None or not folder.is_dir():
         return None
     for card in ("README.md", "MODEL_CARD.md"):
         path = folder / card
