@@ -152,12 +152,12 @@ def test_json_twin_holds_tcav_numbers(results, saved):
 def test_json_twin_holds_mprt_numbers(results, saved):
     _, _, data = saved
     table = results["mprt"].table
-    section = _section(data, "Model randomisation cascade (MPRT)")
+    section = _section(data, "Model randomization cascade (MPRT)")
     assert [r["step"] for r in section["rows"]] == list(table["step"])
     assert section["rows"][0]["layer"] == "original"
     np.testing.assert_allclose([r["spearman"] for r in section["rows"]], table["spearman"])
     np.testing.assert_allclose([r["ssim"] for r in section["rows"]], table["ssim"])
-    figure = _section(data, "Model randomisation cascade (MPRT): plot")
+    figure = _section(data, "Model randomization cascade (MPRT): plot")
     assert figure["n_images"] == 1 and figure["data"]["layers"][1:] == results["mprt"].layers
 
 
@@ -218,3 +218,50 @@ def test_page_in_headless_browser(saved, tmp_path):
     assert len(result["widths"]) == 3 and all(w > 0 for w in result["widths"])
     assert result["pwned"] is None and result["n_scripts"] == 0
     assert "<script>window.__pwned=1</script>" in result["text"]
+
+
+def test_every_object_renders_in_jupyter(results):
+    """Each result's ``_repr_html_`` (what Jupyter shows) is escaped HTML with its numbers."""
+    for key, result in results.items():
+        page = result._repr_html_()
+        assert isinstance(page, str) and page.startswith("<"), key
+        assert "<script" not in page.lower(), key
+    assert "&lt;script&gt;" in results["tcav"]._repr_html_()
+    assert "&lt;script&gt;" in results["calibration"]._repr_html_()
+    assert "&lt;script&gt;" in results["calibrator"]._repr_html_()
+    assert f"{results['calibration'].ece_after:.3f}" in results["calibration"]._repr_html_()
+    assert "dup:veil" in results["filtering"]._repr_html_()
+    assert f"{results['learned'].validation['global_auc']:.3f}" in results["learned"]._repr_html_()
+    last = results["mprt"].table.iloc[-1]
+    assert f"{last.spearman:.3f}" in results["mprt"]._repr_html_()
+
+
+def test_training_results_render_and_go_into_reports():
+    import pandas as pd
+
+    from conceptlens.train import ConceptModelEvaluation, TrainingHistory
+
+    history = TrainingHistory(loss=[2.0, 1.5, 1.0], global_loss=[1.5, 1.0, 0.7],
+                              local_loss=[0.5, 0.5, 0.3], config={"steps": 3, "lr": 1e-3},
+                              wall_time_s=1.25)
+    assert history["loss"] == [2.0, 1.5, 1.0] and isinstance(history, dict)
+    json.dumps(history)  # still a plain, JSON-ready dict
+    assert "<table" in history._repr_html_() and "1.25" in history._repr_html_()
+    table = pd.DataFrame({"auc": [0.99, 0.5], "prevalence": [0.4, 0.3]},
+                         index=pd.Index(["robot:arm", XSS_NAME], name="concept"))
+    evaluation = ConceptModelEvaluation(table=table, scores=pd.DataFrame(index=range(12)))
+    assert "&lt;script&gt;" in evaluation._repr_html_() and "<script" not in evaluation._repr_html_()
+    report = Report("Training", kind="training")
+    for section in [*history.report_sections(), *evaluation.report_sections()]:
+        report.add(section)
+    data = report.to_dict()
+    titles = [s["title"] for s in data["sections"]]
+    assert titles[:3] == ["Concept-alignment training", "Concept-alignment training: loss",
+                          "Concept model on held-out images"]
+    loss = next(s for s in data["sections"] if s["title"] == "Concept-alignment training: loss")
+    assert loss["data"]["loss"] == [2.0, 1.5, 1.0]
+    rows = next(s for s in data["sections"] if s["title"] == "Concept model on held-out images")["rows"]
+    assert rows[1]["concept"] == XSS_NAME and rows[0]["auc"] == pytest.approx(0.99)
+    assert data["sections"][-1]["collapsed"] and data["sections"][-1]["facts"]["steps"] == 3
+    page = report.to_html()
+    assert "<script" not in page.lower() and "&lt;script&gt;" in page
