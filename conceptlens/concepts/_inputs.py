@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,6 +11,7 @@ import pandas as pd
 
 from conceptlens.errors import UnknownConceptError, VocabularyMismatchError
 from conceptlens.vocab.scores import ConceptScores
+from conceptlens.vocab.vocabulary import match_concept
 
 __all__ = [
     "ConceptProvenance",
@@ -79,31 +79,16 @@ def resolve_concept(
     *,
     what: str = "concept",
 ) -> int:
-    """Column index of a concept given by id (exact) or preferred name (case-insensitive).
+    """Column index of a concept given by id or preferred name (case-insensitive).
+
+    The rule of :meth:`conceptlens.vocab.ConceptVocabulary.resolve`, applied to a model's or
+    table's concept columns (see :func:`conceptlens.vocab.vocabulary.match_concept`).
 
     Raises:
-        UnknownConceptError: ``key`` matches no id or name; the message suggests close matches.
+        UnknownConceptError: ``key`` matches no id or name, or a name shared by several
+            concepts; the message suggests close matches.
     """
-    names = concept_names or {}
-    key_str = str(key)
-    if key_str in concept_ids:
-        return concept_ids.index(key_str)
-    lowered = key_str.casefold()
-    hits = [i for i, cid in enumerate(concept_ids) if names.get(cid, "").casefold() == lowered]
-    if len(hits) == 1:
-        return hits[0]
-    if len(hits) > 1:
-        raise UnknownConceptError(
-            f"{what} {key_str!r} is ambiguous: it is the name of concepts "
-            f"{[concept_ids[i] for i in hits]}; use the concept id"
-        )
-    candidates = list(concept_ids) + [n for n in names.values() if n]
-    close = difflib.get_close_matches(key_str, candidates, n=3)
-    hint = f"; did you mean {close}?" if close else ""
-    raise UnknownConceptError(
-        f"unknown {what} {key_str!r}: not among the {len(concept_ids)} concepts of this "
-        f"model/table{hint}"
-    )
+    return match_concept(key, list(concept_ids), concept_names, what=what)
 
 
 def resolve_concepts(

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from conceptlens.errors import ConceptlensError, UnknownClassError, UnknownConceptError
+from conceptlens.vocab.vocabulary import match_concept
 
 __all__ = [
     "ClassTarget",
@@ -61,20 +62,22 @@ def _concept_names(scorer: Any) -> dict[str, str]:
 
 
 def find_concept(scorer: Any, concept: str) -> tuple[int, str]:
-    """Index and id of a concept (id or preferred name) in the scorer's vocabulary.
+    """Index and id of a concept (id, preferred name or synonym) in the scorer's vocabulary.
+
+    The lookup is :meth:`conceptlens.vocab.ConceptVocabulary.resolve` (case-insensitive,
+    close matches suggested); a vocabulary without it is matched by id and name by the same
+    rule (:func:`conceptlens.vocab.vocabulary.match_concept`).
 
     Raises:
         UnknownConceptError: The concept is not there (the message names it).
     """
+    vocabulary = getattr(scorer, "vocabulary", None)
     ids = _vocabulary_ids(scorer)
-    if concept in ids:
-        return ids.index(concept), concept
-    lowered = concept.casefold()
-    for cid, name in _concept_names(scorer).items():
-        if name.casefold() == lowered:
-            return ids.index(cid), cid
-    shown = ", ".join(ids[:10]) + (", ..." if len(ids) > 10 else "")
-    raise UnknownConceptError(f"concept {concept!r} is not in the scorer's vocabulary ({shown})")
+    if callable(getattr(vocabulary, "resolve", None)):
+        concept_id = vocabulary.resolve(concept).id
+        return ids.index(concept_id), concept_id
+    index = match_concept(concept, ids, _concept_names(scorer), where="the scorer's vocabulary")
+    return index, ids[index]
 
 
 def _plain(label: Any) -> Any:

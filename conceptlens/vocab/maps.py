@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from conceptlens.models.images import resize_map_to_original
+from conceptlens.vocab.vocabulary import match_concept
 
 __all__ = ["ConceptMaps"]
 
@@ -82,19 +83,16 @@ class ConceptMaps:
         return len(self.concept_ids)
 
     def index(self, concept: str) -> int:
-        """Position of a concept given by id or preferred name.
+        """Position of a concept given by id or preferred name (case-insensitive; the rule of
+        :meth:`~conceptlens.vocab.ConceptVocabulary.resolve`).
 
         Raises:
-            KeyError: The concept is not among the mapped ones (the message names it).
+            UnknownConceptError: The concept is not among the mapped ones (a ``KeyError``;
+                the message names it and suggests close matches).
         """
-        if concept in self.concept_ids:
-            return self.concept_ids.index(concept)
-        if concept in self.names:
-            return self.names.index(concept)
-        raise KeyError(
-            f"concept {concept!r} is not among the mapped concepts "
-            f"({', '.join(self.concept_ids[:10])}{', ...' if len(self) > 10 else ''})"
-        )
+        return match_concept(concept, list(self.concept_ids),
+                             dict(zip(self.concept_ids, self.names, strict=True)),
+                             where="these concept maps")
 
     def map(self, concept: str) -> np.ndarray:
         """``(grid_h, grid_w)`` patch map of one concept (by id or name)."""

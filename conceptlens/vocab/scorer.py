@@ -815,7 +815,8 @@ class ConceptScorer:
 
         Args:
             image: One image (path, PIL, array, tensor).
-            concepts: Concept ids or preferred names (one or a list); ``None`` for all.
+            concepts: Concept ids, preferred names or synonyms, case-insensitive (one or a
+                list; see :meth:`ConceptVocabulary.resolve`); ``None`` for all.
 
         Returns:
             ConceptMaps: ``(K, grid_h, grid_w)`` maps (values as in
@@ -823,7 +824,8 @@ class ConceptScorer:
             :meth:`ConceptMaps.upsampled`.
 
         Raises:
-            KeyError: A concept is not in the vocabulary (the message names it).
+            UnknownConceptError: A concept is not in the vocabulary (a ``KeyError``; the
+                message names it and suggests close matches).
             ImageLoadError: The image cannot be read.
         """
         indices = self._concept_indices(concepts)
@@ -860,25 +862,13 @@ class ConceptScorer:
         )
 
     def _concept_indices(self, concepts: str | Sequence[str] | None) -> list[int]:
-        ids = self.concept_ids
+        """Columns of concepts given by id, preferred name or synonym
+        (:meth:`ConceptVocabulary.resolve`)."""
         if concepts is None:
-            return list(range(len(ids)))
+            return list(range(len(self.vocabulary)))
         if isinstance(concepts, str):
             concepts = [concepts]
-        by_id = {cid: i for i, cid in enumerate(ids)}
-        by_name = {c.name: i for i, c in enumerate(self.vocabulary)}
-        out = []
-        for concept in concepts:
-            if concept in by_id:
-                out.append(by_id[concept])
-            elif concept in by_name:
-                out.append(by_name[concept])
-            else:
-                raise KeyError(
-                    f"concept {concept!r} is not in vocabulary {getattr(self.vocabulary, 'name', '')!r} "
-                    "(give a concept id or preferred name)"
-                )
-        return out
+        return [self.vocabulary.index(self.vocabulary.resolve(c).id) for c in concepts]
 
     def __repr__(self) -> str:
         cfg = self.config

@@ -170,6 +170,46 @@ class ConceptVocabulary:
             raise KeyError(self._unknown_message(concept_id))
         return position
 
+    def resolve(self, key: str | Concept) -> Concept:
+        """The concept a user means by ``key``: its id, preferred name or a synonym.
+
+        The one lookup every public function that takes a concept by key uses
+        (``scorer.concept_maps(image, "Pigment network")``, ``attribute(target=...)``,
+        bottleneck interventions, audits). Matching is tried in this order, the first tier
+        with a match wins: the exact id; the id, the preferred name, then a synonym, each
+        case-insensitively and with runs of whitespace collapsed.
+
+        Parameters
+        ----------
+        key : str or Concept
+            A concept id, preferred name or synonym (a :class:`Concept` stands for its id).
+
+        Returns
+        -------
+        Concept
+            The concept; ``vocabulary.index(concept.id)`` is its column.
+
+        Raises
+        ------
+        UnknownConceptError
+            ``key`` matches no concept, or a name or synonym shared by several concepts (a
+            ``KeyError``); the message suggests close matches.
+
+        Examples
+        --------
+        >>> vocab = ConceptVocabulary([Concept("demo:veil", "blue-whitish veil",
+        ...                                    synonyms=("blue-white veil",))], name="demo")
+        >>> vocab.resolve("Blue-Whitish Veil").id, vocab.resolve("blue-white veil").id
+        ('demo:veil', 'demo:veil')
+        """
+        if isinstance(key, Concept):
+            key = key.id
+        position = match_concept(
+            key, self.ids, self.names, {c.id: c.synonyms for c in self._concepts},
+            where=f"vocabulary {self.name!r}",
+        )
+        return self._concepts[position]
+
     def _unknown_message(self, concept_id: object) -> str:
         hints = difflib.get_close_matches(str(concept_id), self.ids, n=3)
         by_name = [c.id for c in self._concepts if c.name.casefold() == str(concept_id).casefold()]
@@ -446,3 +486,75 @@ def _load_builtin(name: str) -> ConceptVocabulary:
 def _snake(text: str) -> str:
     out = "".join(ch if ch.isalnum() else "_" for ch in text.casefold())
     return "_".join(part for part in out.split("_") if part) or "concept"
+
+
+def _folded(text: Any) -> str:
+    return " ".join(str(text).casefold().split())
+
+
+def match_concept(
+    key: Any,
+    ids: list[str],
+    names: Mapping[str, str] | None = None,
+    synonyms: Mapping[str, Iterable[str]] | None = None,
+    *,
+    what: str = "concept",
+    where: str = "this model/table",
+) -> int:
+    """Position in ``ids`` of the concept ``key`` names (the rule of
+    :meth:`ConceptVocabulary.resolve`, for concept columns that come without a vocabulary).
+
+    Parameters
+    ----------
+    key : object
+        A concept id, preferred name or synonym (compared as ``str(key)``).
+    ids : list of str
+        The concept ids, in column order.
+    names : mapping of str to str, optional
+        Concept id -> preferred name.
+    synonyms : mapping of str to iterable of str, optional
+        Concept id -> synonyms.
+    what : str, default "concept"
+        How the message calls the key (e.g. ``"irrelevant concept"``).
+    where : str
+        What the message says the concepts belong to.
+
+    Returns
+    -------
+    int
+        The position of the concept in ``ids``.
+
+    Raises
+    ------
+    UnknownConceptError
+        No match, or an ambiguous name or synonym; the message suggests close matches.
+    """
+    from conceptlens.errors import UnknownConceptError
+
+    text = str(key)
+    if text in ids:
+        return ids.index(text)
+    names = names or {}
+    synonyms = synonyms or {}
+    wanted = _folded(text)
+    tiers = (
+        ("id", [(i, cid) for i, cid in enumerate(ids)]),
+        ("name", [(i, names.get(cid, "")) for i, cid in enumerate(ids)]),
+        ("synonym", [(i, s) for i, cid in enumerate(ids) for s in synonyms.get(cid, ())]),
+    )
+    for tier, entries in tiers:
+        hits = sorted({i for i, value in entries if value and _folded(value) == wanted})
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            raise UnknownConceptError(
+                f"{what} {text!r} is ambiguous: it is the {tier} of concepts "
+                f"{[ids[i] for i in hits]}; use the concept id"
+            )
+    candidates = {_folded(value): value for _, entries in reversed(tiers) for _, value in entries if value}
+    close = difflib.get_close_matches(wanted, list(candidates), n=3)
+    hint = f"; did you mean {', '.join(repr(candidates[c]) for c in close)}?" if close else ""
+    raise UnknownConceptError(
+        f"unknown {what} {text!r}: not an id, name or synonym of the {len(ids)} concepts of "
+        f"{where}{hint}"
+    )

@@ -100,3 +100,40 @@ def test_to_frame_and_html_escape():
 def test_from_names():
     v = ConceptVocabulary.from_names(["Blue-whitish veil", "streaks"], name="mine")
     assert v.ids == ["mine:blue_whitish_veil", "mine:streaks"]
+
+
+def test_resolve_by_id_name_or_synonym_case_insensitive():
+    import pytest
+
+    from conceptlens.errors import UnknownConceptError
+    from conceptlens.vocab.concept import Concept
+    from conceptlens.vocab.vocabulary import ConceptVocabulary
+
+    vocab = ConceptVocabulary([
+        Concept("derm:pn", "Pigment network", synonyms=("reticular pattern",)),
+        Concept("derm:veil", "blue-whitish veil", synonyms=("blue-white  veil",)),
+        Concept("derm:dots", "dots", synonyms=("globules",)),
+        Concept("derm:globules", "globules"),
+    ], name="t")
+    for key in ("derm:pn", "DERM:PN", "pigment network", "Pigment  Network", "Reticular pattern",
+                vocab["derm:pn"]):
+        assert vocab.resolve(key).id == "derm:pn"
+    assert vocab.resolve("Blue-White Veil").id == "derm:veil"
+    # a preferred name wins over another concept's synonym
+    assert vocab.resolve("globules").id == "derm:globules"
+    with pytest.raises(UnknownConceptError, match=r"'pigmnt network'.*did you mean 'Pigment network'"):
+        vocab.resolve("pigmnt network")
+    with pytest.raises(KeyError):  # still a KeyError for code that catches one
+        vocab.resolve("nothing like it")
+
+
+def test_resolve_refuses_a_name_two_concepts_share():
+    import pytest
+
+    from conceptlens.errors import UnknownConceptError
+    from conceptlens.vocab.concept import Concept
+    from conceptlens.vocab.vocabulary import ConceptVocabulary
+
+    vocab = ConceptVocabulary([Concept("a:x", "streaks"), Concept("b:x", "Streaks")], name="t")
+    with pytest.raises(UnknownConceptError, match=r"ambiguous.*\['a:x', 'b:x'\]"):
+        vocab.resolve("streaks")
