@@ -6,7 +6,7 @@ import pytest
 
 from conceptlens.cli import main
 from conceptlens.vocab import ConceptScores
-from tests.vocab.conftest import make_image
+from tests.helpers.fakes import make_image
 
 
 @pytest.fixture

@@ -20,7 +20,9 @@ from conceptlens.explain import (
 )
 from conceptlens.explain.metrics import completeness_gap, deletion_curve, randomization_check
 from conceptlens.vocab.scorer import ConceptScorer
-from tests.explain._planted import bag_of_patches_backbone, tiny_backbone, vocabulary
+from tests.explain._planted import vocabulary
+from tests.helpers.backbones import bag_of_patches_backbone
+from tests.helpers.backbones import tiny_conceptclip_backbone as tiny_backbone
 
 matplotlib.use("Agg")
 

@@ -17,6 +17,7 @@ from conceptlens.explain.plots import (
     plot_weights,
     save_figure,
 )
+from tests.helpers.fakes import FakeConceptMaps
 
 matplotlib.use("Agg")
 
@@ -85,18 +86,8 @@ def test_overlay_bad_alpha():
         plot_overlay(np.zeros((4, 4, 3)), np.zeros((4, 4)), alpha=2.0)
 
 
-class _FakeMaps:
-    def __init__(self):
-        self.image = Image.new("RGB", (32, 32))
-        self.concept_ids = ["C1", "C2", "C3", "C4", "C5"]
-        self.names = {"C1": "pigment network"}
-
-    def upsampled(self, concept_id):
-        return np.full((32, 32), float(self.concept_ids.index(concept_id)))
-
-
 def test_concept_maps_grid_panel_count(tmp_path):
-    fig = plot_concept_maps(_FakeMaps(), ncols=2, concepts=["C1", "C3", "C5"])
+    fig = plot_concept_maps(FakeConceptMaps(), ncols=2, concepts=["C1", "C3", "C5"])
     assert len(fig.axes) == 3
     assert [a.get_title() for a in fig.axes] == ["pigment network", "C3", "C5"]
     save_figure(fig, tmp_path / "maps.png")
@@ -110,7 +101,7 @@ def test_concept_maps_from_dict_and_into_ax():
     with pytest.raises(KeyError, match="zz"):
         plot_concept_maps(maps, concepts=["zz"])
     with pytest.raises(KeyError, match="C9"):
-        plot_concept_maps(_FakeMaps(), concepts=["C9"])
+        plot_concept_maps(FakeConceptMaps(), concepts=["C9"])
 
 
 def test_weights_heatmap_centered_and_top_k():

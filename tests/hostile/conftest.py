@@ -22,7 +22,7 @@ needs_non_root = pytest.mark.skipif(IS_ROOT, reason="root reads files whatever t
 @pytest.fixture
 def backbone():
     """The tiny deterministic fake backbone of the scoring tests."""
-    from tests.vocab.conftest import FakeBackbone
+    from tests.helpers.fakes import FakeBackbone
 
     return FakeBackbone()
 

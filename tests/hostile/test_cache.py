@@ -20,7 +20,7 @@ import torch
 
 from conceptlens.vocab.cache import FeatureCache
 from conceptlens.vocab.scorer import ConceptScorer
-from tests.vocab.conftest import make_image
+from tests.helpers.fakes import make_image
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -184,7 +184,8 @@ import sys, time
 sys.path.insert(0, sys.argv[3])
 from conceptlens.vocab.cache import FeatureCache
 from conceptlens.vocab.scorer import ConceptScorer
-from tests.vocab.conftest import FakeBackbone, ConceptVocabulary, Concept
+from conceptlens.vocab import Concept, ConceptVocabulary
+from tests.helpers.fakes import FakeBackbone
 
 class Stalling(FakeBackbone):
     def forward_images(self, pixel_values):
@@ -201,7 +202,7 @@ scorer.score(sys.argv[2])
 
 
 def test_scorer_killed_mid_shard_loses_only_that_shard(tmp_path, vocabulary):
-    from tests.vocab.conftest import FakeBackbone
+    from tests.helpers.fakes import FakeBackbone
 
     folder = tmp_path / "imgs"
     folder.mkdir()

@@ -9,76 +9,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+from transformers import CLIPModel, CLIPProcessor
 
 from conceptlens.models._hf_common import _pooled
 from conceptlens.models.clip import CLIPBackbone
 from conceptlens.models.errors import BackboneLoadError, BackboneNotFoundError
-
-WORDS = ["a", "photo", "of", "blue", "white", "veil", "lesion", "skin", "with"]
-IMAGE = 32
-PATCH = 8
-TEXT_LENGTH = 16
-PROJECTION = 24
-
-
-def _tiny_tokenizer() -> CLIPTokenizer:
-    """A byte-level BPE tokenizer whose merges spell each word of WORDS."""
-    vocab: dict[str, int] = {}
-    for char in "abcdefghijklmnopqrstuvwxyz-":
-        vocab[char] = len(vocab)
-        vocab[char + "</w>"] = len(vocab)
-    merges: list[tuple[str, str]] = []
-    for word in WORDS:
-        current = word[0]
-        for i, char in enumerate(word[1:]):
-            piece = char + ("</w>" if i == len(word) - 2 else "")
-            if (current, piece) not in merges:
-                merges.append((current, piece))
-            current += piece
-            vocab.setdefault(current, len(vocab))
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=merges)
-
-
-def _tiny_clip(tokenizer: CLIPTokenizer) -> CLIPModel:
-    torch.manual_seed(0)
-    config = CLIPConfig(
-        text_config={
-            "vocab_size": len(tokenizer),
-            "hidden_size": 32,
-            "intermediate_size": 48,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "max_position_embeddings": TEXT_LENGTH,
-            "bos_token_id": tokenizer.bos_token_id,
-            "eos_token_id": tokenizer.eos_token_id,
-            "pad_token_id": tokenizer.pad_token_id,
-        },
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 48,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "image_size": IMAGE,
-            "patch_size": PATCH,
-        },
-        projection_dim=PROJECTION,
-        logit_scale_init_value=2.0,
-    )
-    return CLIPModel(config).eval()
+from tests.helpers.backbones import CLIP_IMAGE as IMAGE
+from tests.helpers.backbones import CLIP_PATCH as PATCH
+from tests.helpers.backbones import CLIP_PROJECTION as PROJECTION
+from tests.helpers.backbones import CLIP_TEXT_LENGTH as TEXT_LENGTH
+from tests.helpers.backbones import tiny_clip_parts
 
 
 @pytest.fixture(scope="module")
 def parts() -> tuple[CLIPModel, CLIPProcessor]:
-    tokenizer = _tiny_tokenizer()
-    image_processor = CLIPImageProcessor(
-        size={"shortest_edge": IMAGE}, crop_size={"height": IMAGE, "width": IMAGE}
-    )
-    return _tiny_clip(tokenizer), CLIPProcessor(
-        image_processor=image_processor, tokenizer=tokenizer
-    )
+    return tiny_clip_parts()
 
 
 @pytest.fixture(scope="module")

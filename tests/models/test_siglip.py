@@ -6,18 +6,12 @@ tokenizer built offline, which the adapter accepts like any other tokenizer.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import (
-    PreTrainedTokenizerFast,
-    SiglipConfig,
-    SiglipImageProcessor,
     SiglipModel,
     SiglipProcessor,
 )
@@ -25,67 +19,16 @@ from transformers import (
 from conceptlens.models._hf_common import _pooled, align_token_offsets
 from conceptlens.models.errors import UnsupportedBackboneError
 from conceptlens.models.siglip import SiglipBackbone, attention_pool_value_path
-
-WORDS = ["<pad>", "</s>", "<unk>", "a", "photo", "of", "blue", "white", "veil", "-", "lesion"]
-IMAGE = 32
-PATCH = 8
-TEXT_LENGTH = 12
-WIDTH = 32
-
-
-def _tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """Lower-casing word-level tokenizer appending ``</s>``, padding with ``</s>`` like SigLIP."""
-    vocab = {word: i for i, word in enumerate(WORDS)}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.normalizer = normalizers.Lowercase()
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
-    )
-    backend.post_processor = processors.TemplateProcessing(
-        single="$A </s>", special_tokens=[("</s>", vocab["</s>"])]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend, eos_token="</s>", pad_token="</s>", unk_token="<unk>"
-    )
-
-
-def _tiny_siglip() -> SiglipModel:
-    torch.manual_seed(0)
-    config = SiglipConfig(
-        text_config={
-            "vocab_size": len(WORDS),
-            "hidden_size": 24,
-            "intermediate_size": 40,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "max_position_embeddings": TEXT_LENGTH,
-            "projection_size": WIDTH,
-            "pad_token_id": 1,
-            "bos_token_id": None,
-            "eos_token_id": 1,
-        },
-        vision_config={
-            "hidden_size": WIDTH,
-            "intermediate_size": 48,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "image_size": IMAGE,
-            "patch_size": PATCH,
-        },
-    )
-    model = SiglipModel(config).eval()
-    with torch.no_grad():
-        model.logit_scale.fill_(math.log(10.0))
-        model.logit_bias.fill_(-3.0)
-    return model
+from tests.helpers.backbones import SIGLIP_IMAGE as IMAGE
+from tests.helpers.backbones import SIGLIP_PATCH as PATCH
+from tests.helpers.backbones import SIGLIP_TEXT_LENGTH as TEXT_LENGTH
+from tests.helpers.backbones import SIGLIP_WIDTH as WIDTH
+from tests.helpers.backbones import tiny_siglip_model, tiny_siglip_parts
 
 
 @pytest.fixture(scope="module")
 def parts() -> tuple[SiglipModel, SiglipProcessor]:
-    image_processor = SiglipImageProcessor(size={"height": IMAGE, "width": IMAGE})
-    return _tiny_siglip(), SiglipProcessor(
-        image_processor=image_processor, tokenizer=_tiny_tokenizer()
-    )
+    return tiny_siglip_parts()
 
 
 @pytest.fixture(scope="module")
@@ -213,7 +156,7 @@ def test_token_layers(backbone, pixels):
 
 def test_model_without_pooling_head_is_rejected(parts):
     _, processor = parts
-    config = _tiny_siglip().config
+    config = tiny_siglip_model().config
     config.vision_config.vision_use_head = False
     with pytest.raises(ValueError, match="vision_use_head"):
         SiglipBackbone(SiglipModel(config), processor, model_id="headless")

@@ -10,7 +10,7 @@ import torch
 from conceptlens.models.base import BackboneIdentity
 from conceptlens.vocab.cache import FeatureCache, _checksum, image_content_hash, patch_mean_of
 from conceptlens.vocab.scorer import ConceptScorer
-from tests.vocab.conftest import FakeBackbone, make_image
+from tests.helpers.fakes import FakeBackbone, make_image
 
 IDENTITY = BackboneIdentity("model-a", "fake", dtype="float32", preprocessing='{"size": 18}')
 

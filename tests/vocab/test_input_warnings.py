@@ -23,7 +23,7 @@ from conceptlens.vocab.reference import EmbeddingReference, ReferenceNotFittedEr
 from conceptlens.vocab.scorer import ConceptScorer
 from conceptlens.vocab.scores import ConceptScores
 from conceptlens.vocab.vocabulary import ConceptVocabulary
-from tests.vocab.conftest import make_image
+from tests.helpers.fakes import make_image
 
 # ---------------------------------------------------------------------------------------------
 # pixel checks

@@ -9,7 +9,7 @@ from conceptlens.vocab.concept import Concept
 from conceptlens.vocab.prompts import DERM7PT_TEMPLATE, PromptTemplate
 from conceptlens.vocab.scorer import ConceptScorer, ScoringConfig, available_presets
 from conceptlens.vocab.vocabulary import ConceptVocabulary
-from tests.vocab.conftest import FakeBackbone, make_image
+from tests.helpers.fakes import DynamicPaddingFakeBackbone, FakeBackbone, make_image
 
 CONCEPTS = ["pigment network", "streaks", "blue white veil"]
 
@@ -304,20 +304,8 @@ def test_concept_maps_subset_and_unknown_concept(backbone, vocabulary, images):
         scorer.concept_maps(images[1], ["streaks", "melanoma"])
 
 
-class _DynamicPaddingFake(FakeBackbone):
-    """Pads each batch of texts to its longest text only (like ``padding=True``)."""
-
-    def forward_texts(self, texts):
-        features = super().forward_texts(texts)
-        length = int(features.attention_mask.sum(1).max())
-        features.token_embeds = features.token_embeds[:, :length]
-        features.attention_mask = features.attention_mask[:, :length]
-        features.offsets = features.offsets[:, :length]
-        return features
-
-
 def test_last_token_needs_fixed_length_padding(vocabulary, images):
-    backbone = _DynamicPaddingFake(model_id="dynamic")
+    backbone = DynamicPaddingFakeBackbone(model_id="dynamic")
     with pytest.raises(ValueError, match="pads every text to one fixed length"):
         ConceptScorer(backbone, vocabulary, text_token="last", batch_size=1, progress=False).score(images[:1])
     scores = ConceptScorer(backbone, vocabulary, text_token="span", batch_size=1, progress=False).score(images[:1])

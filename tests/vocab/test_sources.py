@@ -7,7 +7,7 @@ from PIL import Image
 from conceptlens.models.images import ImageLoadError
 from conceptlens.vocab.scorer import ConceptScorer
 from conceptlens.vocab.sources import SkippedFileError, count_images, iter_image_sources
-from tests.vocab.conftest import make_image
+from tests.helpers.fakes import make_image
 
 
 def _ids(images, **kwargs):

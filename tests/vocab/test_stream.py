@@ -14,7 +14,7 @@ from conceptlens.vocab.batching import iter_feature_batches
 from conceptlens.vocab.scorer import ConceptScorer
 from conceptlens.vocab.scores import ConceptScores
 from conceptlens.vocab.stream import pixel_recipe, resolve_workers
-from tests.vocab.conftest import FakeBackbone, make_image
+from tests.helpers.fakes import FakeBackbone, make_image
 
 
 @pytest.fixture(scope="module")

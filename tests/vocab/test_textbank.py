@@ -6,7 +6,7 @@ import torch
 
 from conceptlens.vocab.scorer import ConceptScorer
 from conceptlens.vocab.textbank import TextBankStore, bank_key, clear_text_memo
-from tests.vocab.conftest import FakeBackbone
+from tests.helpers.fakes import FakeBackbone
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -14,7 +14,7 @@ _SECOND_PROCESS = """
 import sys
 sys.path.insert(0, sys.argv[2])
 from conceptlens.vocab.scorer import ConceptScorer
-from tests.vocab.conftest import FakeBackbone, make_image
+from tests.helpers.fakes import FakeBackbone, make_image
 from conceptlens.vocab.vocabulary import ConceptVocabulary
 from conceptlens.vocab.concept import Concept
 vocabulary = ConceptVocabulary(

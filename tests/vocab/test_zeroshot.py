@@ -8,7 +8,7 @@ from conceptlens.models import ConceptCLIPBackbone, create_reference_model
 from conceptlens.vocab.scorer import ConceptScorer
 from conceptlens.vocab.scores import ConceptScores
 from conceptlens.vocab.zeroshot import retrieve_concepts, retrieve_images, zero_shot_classify
-from tests.vocab.conftest import make_image
+from tests.helpers.fakes import make_image
 
 LABELS = ["chest x-ray", "brain mri", "skin lesion"]
 
