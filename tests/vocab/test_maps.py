@@ -5,7 +5,7 @@ from PIL import Image
 from conceptlens.models.images import grid_coverage, resize_map_to_original
 from conceptlens.vocab.maps import ConceptMaps
 from conceptlens.vocab.scorer import ConceptScorer, covered_fraction
-from tests.vocab.conftest import FakeBackbone, make_image
+from tests.helpers.fakes import FakeBackbone, make_image
 
 
 def _maps(grid=(3, 3), size=(60, 30)):
