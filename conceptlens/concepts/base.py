@@ -27,6 +27,11 @@ from conceptlens.concepts._inputs import (
     resolve_concept,
     unwrap_scores,
 )
+from conceptlens.concepts.persistence import (
+    load_bottleneck,
+    register_bottleneck,
+    save_bottleneck,
+)
 from conceptlens.concepts.results import Contributions, InterventionResult, lookup_class
 from conceptlens.concepts.score_space import (
     check_input_transform,
@@ -62,7 +67,16 @@ class ConceptBottleneckBase(ClassifierMixin, BaseEstimator):
     applied to the scores inside ``fit``, ``predict``, ``decision_function``,
     ``contributions`` and ``intervene``. ``coef_``, ``mean_`` and contributions are in the
     transformed units; intervention values are given in score units and transformed too.
+
+    Every subclass registers itself (with
+    :func:`~conceptlens.concepts.persistence.register_bottleneck`) when it is defined, so
+    :func:`~conceptlens.concepts.persistence.load_bottleneck` restores it by class name
+    without importing it.
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        register_bottleneck(cls)
 
     # ------------------------------------------------------------------ validation
     def _validate_fit_data(self, X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -387,8 +401,6 @@ class ConceptBottleneckBase(ClassifierMixin, BaseEstimator):
         No pickle: parameters and labels go to JSON, arrays to an ``.npz`` read back with
         ``allow_pickle=False``. Returns the folder.
         """
-        from conceptlens.concepts.persistence import save_bottleneck
-
         return save_bottleneck(self, path)
 
     @classmethod
@@ -400,8 +412,6 @@ class ConceptBottleneckBase(ClassifierMixin, BaseEstimator):
             vocabulary_hash: If given (e.g. ``scores.vocabulary_hash``), raise
                 :class:`VocabularyMismatchError` when the model was fitted on another vocabulary.
         """
-        from conceptlens.concepts.persistence import load_bottleneck
-
         model = load_bottleneck(path, vocabulary_hash=vocabulary_hash)
         if not isinstance(model, cls):
             raise TypeError(f"{path} holds a {type(model).__name__}, not a {cls.__name__}")

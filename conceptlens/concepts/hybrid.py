@@ -37,6 +37,7 @@ from sklearn.utils.validation import check_array, check_is_fitted
 
 from conceptlens.concepts.base import ConceptBottleneckBase
 from conceptlens.concepts.results import Contributions, InterventionResult
+from conceptlens.concepts.sparse import SparseLinearBottleneck
 from conceptlens.errors import ConceptlensError
 
 __all__ = ["HybridBottleneck", "HybridDecomposition", "EmbeddingsError"]
@@ -290,8 +291,6 @@ class HybridBottleneck(ConceptBottleneckBase):
         """
         self._check_params()
         X_t, y_enc = self._validate_fit_data(X, y)
-        from conceptlens.concepts.sparse import SparseLinearBottleneck
-
         base = self.bottleneck if self.bottleneck is not None else SparseLinearBottleneck()
         # the inner model sees transformed scores; the transform is this model's
         inner = clone(base).set_params(input_transform="identity")

@@ -13,14 +13,15 @@ from sklearn.base import clone
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from conceptlens.concepts._inputs import default_concept_ids, unwrap_scores
+from conceptlens.concepts._inputs import default_concept_ids, resolve_concept, unwrap_scores
 from conceptlens.concepts.base import ConceptBottleneckBase
-from conceptlens.concepts.results import InterventionResult
+from conceptlens.concepts.results import InterventionResult, lookup_class
 from conceptlens.concepts.score_space import (
     check_input_transform,
     score_space_of,
     transform_scores,
 )
+from conceptlens.concepts.sparse import SparseLinearBottleneck
 from conceptlens.errors import ConceptlensWarning
 
 __all__ = ["MultiLabelBottleneck"]
@@ -177,8 +178,6 @@ class MultiLabelBottleneck(ConceptBottleneckBase):
                 ConceptlensWarning, stacklevel=3,
             )
             return coef, float(np.log(p / (1 - p))), None
-        from conceptlens.concepts.sparse import SparseLinearBottleneck
-
         base = self.bottleneck if self.bottleneck is not None else SparseLinearBottleneck()
         model = clone(base).set_params(input_transform="identity")
         if not budget and "max_concepts" in model.get_params():
@@ -211,8 +210,6 @@ class MultiLabelBottleneck(ConceptBottleneckBase):
         return result
 
     def _output_weights(self, class_: Any) -> np.ndarray:
-        from conceptlens.concepts.results import lookup_class
-
         check_is_fitted(self)
         i = lookup_class(class_, list(self.labels_))
         coef = self.coef_ * self.scale_[None, :]
@@ -270,8 +267,6 @@ class MultiLabelBottleneck(ConceptBottleneckBase):
         if not self.multilabel_:
             return super().intervene(X, values)
         X_arr, sample_ids = self._validate_predict_data(X)
-        from conceptlens.concepts._inputs import resolve_concept
-
         X_new = X_arr.copy()
         applied: dict[str, Any] = {}
         if not isinstance(values, Mapping) or not values:

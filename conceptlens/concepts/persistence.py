@@ -21,7 +21,7 @@ import numpy as np
 from conceptlens.concepts._inputs import check_vocabulary
 from conceptlens.errors import ConceptlensError
 
-__all__ = ["load_bottleneck", "save_bottleneck"]
+__all__ = ["bottleneck_classes", "load_bottleneck", "register_bottleneck", "save_bottleneck"]
 
 FORMAT = "conceptlens.bottleneck"
 FORMAT_VERSION = 1
@@ -35,19 +35,34 @@ class BottleneckFileError(ConceptlensError, ValueError):
     names the file and what is wrong."""
 
 
-def _registry() -> dict[str, type]:
-    from conceptlens.concepts.association import AssociationBottleneck
-    from conceptlens.concepts.hybrid import HybridBottleneck
-    from conceptlens.concepts.sparse import SparseLinearBottleneck
+_BOTTLENECKS: dict[str, type] = {}
+"""Class name -> bottleneck class, for :func:`load_bottleneck`; filled by
+:func:`register_bottleneck` (every subclass of
+:class:`~conceptlens.concepts.base.ConceptBottleneckBase` registers itself when it is
+defined), so this module imports none of the classes it restores."""
 
-    classes = (SparseLinearBottleneck, AssociationBottleneck, HybridBottleneck)
-    try:
-        from conceptlens.concepts.multilabel import MultiLabelBottleneck
 
-        classes += (MultiLabelBottleneck,)
-    except ImportError:  # pragma: no cover - while the module is not there
-        pass
-    return {c.__name__: c for c in classes}
+def register_bottleneck(cls: type) -> type:
+    """Make :func:`load_bottleneck` restore files saved from ``cls`` (by class name).
+
+    :class:`~conceptlens.concepts.base.ConceptBottleneckBase` calls this for every subclass
+    as it is defined. A name keeps the class registered first (the package's own classes),
+    unless the new class is the same definition again (a module re-imported).
+
+    Returns:
+        ``cls``, so it can decorate a class.
+    """
+    name = cls.__name__
+    known = _BOTTLENECKS.get(name)
+    if known is None or (known.__module__, known.__qualname__) == (cls.__module__,
+                                                                    cls.__qualname__):
+        _BOTTLENECKS[name] = cls
+    return cls
+
+
+def bottleneck_classes() -> dict[str, type]:
+    """The registered bottleneck classes by name (a copy)."""
+    return dict(_BOTTLENECKS)
 
 
 def to_json_value(value: Any, *, what: str) -> Any:
@@ -73,7 +88,7 @@ def to_json_value(value: Any, *, what: str) -> Any:
     if isinstance(value, dict):
         return {"__pairs__": [[to_json_value(k, what=what), to_json_value(v, what=what)]
                               for k, v in value.items()]}
-    if type(value).__name__ in _registry() and hasattr(value, "get_params"):
+    if type(value).__name__ in _BOTTLENECKS and hasattr(value, "get_params"):
         # a nested bottleneck (e.g. HybridBottleneck(bottleneck=...)): class name + parameters
         return {"__estimator__": type(value).__name__,
                 "params": to_json_value(value.get_params(deep=False), what=what)}
@@ -95,7 +110,7 @@ def from_json_value(value: Any) -> Any:
         if "__pairs__" in value:
             return {_hashable(from_json_value(k)): from_json_value(v) for k, v in value["__pairs__"]}
         if "__estimator__" in value:
-            cls = _registry().get(value["__estimator__"])
+            cls = _BOTTLENECKS.get(value["__estimator__"])
             params = from_json_value(value.get("params", {}))
             if cls is None or not isinstance(params, dict):
                 raise ValueError(f"unknown nested estimator {value['__estimator__']!r}")
@@ -176,8 +191,7 @@ def load_bottleneck(path: str | Path, *, vocabulary_hash: str | None = None) -> 
             f"{json_path} has format version {meta['format_version']}; this conceptlens reads "
             f"up to {FORMAT_VERSION}"
         )
-    registry = _registry()
-    cls = registry.get(meta.get("estimator"))
+    cls = _BOTTLENECKS.get(meta.get("estimator"))
     if cls is None:
         raise ValueError(f"{json_path}: unknown estimator {meta.get('estimator')!r}")
     check_vocabulary(meta.get("vocabulary_hash"), vocabulary_hash, where=str(folder))

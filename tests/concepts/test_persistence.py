@@ -99,3 +99,44 @@ def test_object_string_labels_round_trip(tmp_path):
     loaded = load_bottleneck(model.save(tmp_path / "m"))
     assert loaded.classes_.dtype == object and list(loaded.classes_) == ["benign", "melanoma"]
     assert (loaded.predict(X) == model.predict(X)).all()
+
+
+def test_every_bottleneck_class_is_registered_without_persistence_importing_it():
+    import ast
+    import inspect
+
+    from conceptlens.concepts import HybridBottleneck, MultiLabelBottleneck, persistence
+
+    registered = persistence.bottleneck_classes()
+    for cls in (SparseLinearBottleneck, AssociationBottleneck, HybridBottleneck,
+                MultiLabelBottleneck):
+        assert registered[cls.__name__] is cls
+    tree = ast.parse(inspect.getsource(persistence))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert not imported & {"conceptlens.concepts.sparse", "conceptlens.concepts.association",
+                           "conceptlens.concepts.hybrid", "conceptlens.concepts.multilabel",
+                           "conceptlens.concepts.base"}
+
+
+def test_a_subclass_registers_itself_and_loads_back(multiclass_rule, tmp_path):
+    from conceptlens.concepts import persistence
+
+    class MySparseBottleneck(SparseLinearBottleneck):
+        pass
+
+    try:
+        X, y = multiclass_rule
+        model = MySparseBottleneck(Cs=3, cv=None, max_iter=200).fit(X, y)
+        loaded = load_bottleneck(model.save(tmp_path / "mine"))
+        assert type(loaded) is MySparseBottleneck
+        np.testing.assert_array_equal(loaded.coef_, model.coef_)
+
+        class SparseLinearBottleneck_(SparseLinearBottleneck):  # noqa: N801 - a name clash
+            pass
+
+        SparseLinearBottleneck_.__name__ = "SparseLinearBottleneck"
+        persistence.register_bottleneck(SparseLinearBottleneck_)
+        assert persistence.bottleneck_classes()["SparseLinearBottleneck"] is SparseLinearBottleneck
+    finally:
+        persistence._BOTTLENECKS.pop("MySparseBottleneck", None)
+        persistence._BOTTLENECKS.pop("SparseLinearBottleneck_", None)
