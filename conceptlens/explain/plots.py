@@ -619,7 +619,7 @@ def plot_decision_parts(
     order = series.abs().sort_values(ascending=False, kind="stable").index
     series = series.loc[order]
     shown, rest = series.iloc[:top_k], series.iloc[top_k:]
-    labels = [str(i) for i in shown.index]
+    labels = [str(i) if len(str(i)) <= 48 else str(i)[:47] + "\u2026" for i in shown.index]
     heights = [float(v) for v in shown]
     kinds = ["concept"] * len(shown)
     if len(rest):

@@ -275,3 +275,21 @@ def test_jupyter_reprs_of_report_objects(data):
     frame = report._repr_html_()
     assert frame.startswith("<iframe") and "sandbox" in frame and "<script" not in frame
     assert re.search(r"&amp;lt;script", frame)
+
+
+def test_residual_plots():
+    from conceptlens.explain.plots import plot_decision_parts, plot_residual_share
+
+    fig = plot_decision_parts({"a": 1.0, "b": -0.5, "c": 0.2, XSS: 0.1}, residual=-0.6, intercept=0.3,
+                              top_k=2)
+    ax = fig.axes[0]
+    heights = [p.get_width() for p in ax.patches]
+    assert heights == pytest.approx([1.0, -0.5, 0.3, -0.6, 0.3])  # a, b, 2 others, residual, intercept
+    assert "residual share 25%" in ax.get_title()  # 0.6 / (1.8 + 0.6)
+    assert [t.get_text() for t in ax.get_yticklabels()][-2:] == ["residual (image embedding)", "intercept"]
+    fig = plot_residual_share([0.0, 0.25, 1.0, 0.5], groups=["x", "y", "x", "y"])
+    assert sum(p.get_height() for p in fig.axes[0].patches) == 4
+    with pytest.raises(ValueError, match="0, 1"):
+        plot_residual_share([1.5])
+    with pytest.raises(ValueError, match="empty"):
+        plot_decision_parts({}, residual=0.0)
