@@ -1,23 +1,28 @@
-"""Where the shipped demo model lives and how to load it without remote code."""
+"""Where the shipped demo model lives, how to load it without remote code, how to save one."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEMO_WEIGHTS_DIR", "load_demo_model"]
+__all__ = ["DEMO_WEIGHTS_DIR", "load_demo_model", "save_demo_model"]
 
 DEMO_WEIGHTS_DIR: Path = Path(__file__).resolve().parent / "weights"
-"""Folder of the shipped demo model (config, safetensors weights, processor, tokenizer, card)."""
+"""Folder of the shipped demo model (config, safetensors weights, processor, tokenizer, card).
+
+It holds no Python files: the model's code is the package's own
+(:mod:`conceptlens.models.reference`), which :func:`save_demo_model` writes into a saved folder.
+"""
 
 
 def load_demo_model(folder: str | Path | None = None) -> tuple[Any, Any]:
     """Load the demo model and its processor with the package's own classes (offline).
 
     Args:
-        folder: A folder written by ``python -m conceptlens.demo.train``; the shipped
-            :data:`DEMO_WEIGHTS_DIR` when ``None``.
+        folder: A folder written by ``python -m conceptlens.demo.train`` (or
+            :func:`save_demo_model`); the shipped :data:`DEMO_WEIGHTS_DIR` when ``None``.
 
     Returns:
         ``(model, processor)``: a ``ConceptCLIPModel`` in eval mode and its
@@ -51,3 +56,25 @@ def load_demo_model(folder: str | Path | None = None) -> tuple[Any, Any]:
         max_length=int(settings.get("max_length", 77)),
     )
     return model, processor
+
+
+def save_demo_model(model: Any, processor: Any, folder: str | os.PathLike[str]) -> Path:
+    """Save a demo model as a self-contained folder, its remote code exported at save time.
+
+    Weights, config (with ``auto_map``), processor and tokenizer files, and the model's
+    Python files written from :mod:`conceptlens.models.reference` (see
+    :func:`~conceptlens.models.reference.save_reference_model`): the folder loads with
+    :func:`load_demo_model`, with ``load_backbone(folder)`` and, without conceptlens, with
+    ``AutoModel.from_pretrained(folder, trust_remote_code=True)``.
+
+    Args:
+        model: The demo model (a ``ConceptCLIPModel``), e.g. from :func:`load_demo_model`.
+        processor: Its ``ConceptCLIPProcessor``.
+        folder: Where to save (created if missing).
+
+    Returns:
+        The folder.
+    """
+    from conceptlens.models.reference import save_reference_model
+
+    return save_reference_model(model, processor, folder)

@@ -142,6 +142,7 @@ def test_command_line_writes_a_loadable_folder(tmp_path):
     card = (out / "README.md").read_text()
     assert "not for clinical use" in card and "synthetic" in card
     model, processor = load_demo_model(out)
+    assert {"modeling_conceptclip.py", "configuration_conceptclip.py"} <= {p.name for p in out.glob("*.py")}
     assert model.config.vision_config.hidden_size == 16
     assert processor(text=["irregular streaks"])["input_ids"].shape[1] == 77
 
@@ -182,10 +183,37 @@ def test_a_caption_matches_images_that_show_all_it_names():
     assert torch.equal(caption_matches(concepts, spans), expected)
 
 
-def test_shipped_remote_code_matches_the_package():
-    """The demo folder's modeling/config/processing files are the reference model's own."""
-    from conceptlens.demo import DEMO_WEIGHTS_DIR
+def test_a_saved_demo_model_loads_with_the_remote_code_exported_at_save_time(tmp_path):
+    """The shipped folder holds no code; saving writes the package's and auto_map names it."""
+    from transformers import AutoModel, AutoProcessor
 
+    from conceptlens.demo import DEMO_WEIGHTS_DIR
+    from conceptlens.demo.weights_io import save_demo_model
+    from conceptlens.models import load_backbone
+    from conceptlens.models.reference import REMOTE_CODE_FILES
+
+    assert not list(DEMO_WEIGHTS_DIR.rglob("*.py"))
+    model, processor = load_demo_model()
+    folder = save_demo_model(model, processor, tmp_path / "saved demo")
     reference = Path(__file__).resolve().parents[2] / "conceptlens" / "models" / "reference"
-    for name in ("configuration_conceptclip.py", "modeling_conceptclip.py", "processing_conceptclip.py"):
-        assert (DEMO_WEIGHTS_DIR / name).read_bytes() == (reference / name).read_bytes(), name
+    for name in REMOTE_CODE_FILES["transformers"]:
+        assert (folder / name).read_bytes() == (reference / name).read_bytes(), name
+    assert json.loads((folder / "config.json").read_text())["auto_map"] == {
+        "AutoConfig": "configuration_conceptclip.ConceptCLIPConfig",
+        "AutoModel": "modeling_conceptclip.ConceptCLIPModel",
+    }
+    loaded = AutoModel.from_pretrained(folder, trust_remote_code=True)
+    loaded_processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+    assert not type(loaded).__module__.startswith("conceptlens")  # the folder's code ran
+    images = list(generate(2, seed=5, masks=False).images)
+    texts = ["irregular streaks", "This is dermatoscopy."]
+    inputs = loaded_processor(images=images, text=texts)
+    expected_inputs = processor(images=images, text=texts)
+    for key in ("pixel_values", "input_ids"):
+        assert torch.equal(inputs[key], expected_inputs[key]), key
+    with torch.no_grad():
+        actual, expected = loaded(**inputs), model(**expected_inputs)
+    for key in ("image_features", "text_features", "image_token_features", "logit_scale"):
+        assert torch.equal(actual[key], expected[key]), key
+    backbone = load_backbone(folder, device="cpu")  # the package's code: no remote code needed
+    assert type(backbone.model).__module__.startswith("conceptlens")

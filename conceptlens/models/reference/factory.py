@@ -25,16 +25,33 @@ from conceptlens.models.reference.processing_conceptclip import ConceptCLIPProce
 __all__ = [
     "FLAVOURS",
     "REFERENCE_SIZES",
+    "REMOTE_CODE_FILES",
     "build_slow_tokenizer",
     "build_tokenizer",
     "create_reference_model",
     "default_words",
     "load_reference_folder",
     "reference_config",
+    "save_reference_model",
+    "write_remote_code",
 ]
 
 REFERENCE_SIZES = ("tiny", "full")
 FLAVOURS = ("transformers", "open_clip")
+REMOTE_CODE_FILES: dict[str, tuple[str, ...]] = {
+    "transformers": (
+        "configuration_conceptclip.py",
+        "modeling_conceptclip.py",
+        "processing_conceptclip.py",
+    ),
+    "open_clip": (
+        "configuration_conceptclip_openclip.py",
+        "modeling_conceptclip_openclip.py",
+        "processing_conceptclip.py",
+    ),
+}
+"""The *remote code* of each flavour: the modules of this package that a saved folder carries
+(``config.json``'s ``auto_map`` names them), so ``trust_remote_code=True`` loads it anywhere."""
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 _CHARACTERS = string.ascii_lowercase + string.digits
 _PUNCTUATION = ".,;:!?-'\"()[]/%+&*=<>#_"
@@ -204,6 +221,89 @@ def load_reference_folder(
     tokenizer = BertTokenizer.from_pretrained(str(folder))
     max_length = int(settings.get("max_length", model.config.context_length))
     return model, ConceptCLIPProcessor(image_processor, tokenizer, max_length=max_length)
+
+
+def write_remote_code(
+    folder: str | os.PathLike[str], *, flavour: Literal["transformers", "open_clip"] = "transformers"
+) -> list[Path]:
+    """Write the reference model's remote code into a saved folder, from this package.
+
+    The files are this package's own modules, byte for byte (so
+    :class:`~conceptlens.models.conceptclip.ConceptCLIPBackbone` recognises the folder as
+    carrying the package's code and loads it without ``trust_remote_code``).
+
+    Args:
+        folder: An existing folder, usually one ``save_pretrained`` wrote.
+        flavour: Which model's code (see :data:`REMOTE_CODE_FILES`).
+
+    Returns:
+        The paths written.
+
+    Raises:
+        ValueError: An unknown ``flavour``.
+        FileNotFoundError: ``folder`` does not exist.
+    """
+    if flavour not in REMOTE_CODE_FILES:
+        raise ValueError(f"flavour must be one of {FLAVOURS}, got {flavour!r}")
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder")
+    package = resources.files("conceptlens.models.reference")
+    written = []
+    for name in REMOTE_CODE_FILES[flavour]:
+        target = folder / name
+        target.write_bytes(package.joinpath(name).read_bytes())
+        written.append(target)
+    return written
+
+
+def save_reference_model(model: Any, processor: Any, folder: str | os.PathLike[str]) -> Path:
+    """Save a reference model and its processor as a folder that loads like the released model.
+
+    Writes the weights (safetensors), ``config.json`` and ``processor_config.json`` with their
+    ``auto_map``, the tokenizer files, and the remote code (:func:`write_remote_code`, from
+    this package at save time: no copy of the code is kept anywhere else). The folder then
+    loads with ``AutoModel.from_pretrained(folder, trust_remote_code=True)`` /
+    ``AutoProcessor.from_pretrained(folder, trust_remote_code=True)`` without conceptlens,
+    with :func:`load_reference_folder`, and with
+    :func:`~conceptlens.models.load_backbone` (no remote code needed, the code being the
+    package's).
+
+    Args:
+        model: A :class:`ConceptCLIPModel` or
+            :class:`~conceptlens.models.reference.ConceptCLIPOpenCLIPModel`.
+        processor: Its :class:`ConceptCLIPProcessor`.
+        folder: Where to save (created if missing).
+
+    Returns:
+        The folder.
+
+    Raises:
+        TypeError: ``model`` is not a reference model.
+
+    Example:
+        >>> import tempfile
+        >>> from conceptlens.models.reference import create_reference_model, save_reference_model
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     folder = save_reference_model(*create_reference_model("tiny"), tmp)
+        ...     sorted(p.name for p in folder.glob("*.py"))
+        ['configuration_conceptclip.py', 'modeling_conceptclip.py', 'processing_conceptclip.py']
+    """
+    if isinstance(model, ConceptCLIPOpenCLIPModel):
+        flavour = "open_clip"
+    elif isinstance(model, ConceptCLIPModel):
+        flavour = "transformers"
+    else:
+        raise TypeError(
+            "model must be a reference ConceptCLIPModel or ConceptCLIPOpenCLIPModel, got "
+            f"{type(model).__name__}"
+        )
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    write_remote_code(folder, flavour=flavour)
+    return folder
 
 
 _OPEN_CLIP_VISION = {
