@@ -122,19 +122,25 @@ class CachedFeatures:
     stats: np.ndarray | None = None
 
 
-def image_content_hash(image: Image.Image) -> str:
+def image_content_hash(image: Image.Image, *, pixels: np.ndarray | None = None) -> str:
     """SHA-256 hex digest of an image's decoded pixels, mode and size.
 
     Args:
         image: A PIL image (typically the RGB image of a
             :class:`~conceptlens.models.images.LoadedImage`).
+        pixels: ``np.asarray(image)`` if the caller already made it: for an RGB image its
+            bytes are ``image.tobytes()``, hashed then without another copy of the pixels.
 
     Returns:
         64 hex characters; equal for pixel-identical images whatever their file name or format.
     """
     digest = hashlib.sha256()
     digest.update(f"{image.mode}:{image.size[0]}x{image.size[1]}:".encode())
-    digest.update(image.tobytes())
+    if (pixels is not None and image.mode == "RGB" and pixels.dtype == np.uint8
+            and pixels.shape == (image.size[1], image.size[0], 3) and pixels.flags.c_contiguous):
+        digest.update(memoryview(pixels).cast("B"))
+    else:
+        digest.update(image.tobytes())
     return digest.hexdigest()
 
 

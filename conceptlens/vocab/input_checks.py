@@ -44,6 +44,7 @@ __all__ = [
     "empty_warnings",
     "expects_color",
     "image_statistics",
+    "statistics_pixels",
 ]
 
 WARNING_COLUMNS = ("image_id", "kind", "message")
@@ -55,7 +56,7 @@ GRAYSCALE_MODALITY_WORDS = ("x-ray", "xray", "radiograph", "ct", "mri", "magneti
                             "ultrasound", "sonograph", "mammogra", "tomograph", "pet")
 
 _LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601 weights, as PIL's "L" conversion
-_STATS_SIDE = 256  # statistics are computed on a copy at most this large
+_STATS_SIDE = 256  # statistics are computed on a box-reduced copy at most this large
 
 
 class InputQualitySummary(InputQualityWarning):
@@ -132,25 +133,43 @@ def expects_color(vocabulary: Any) -> bool:
     return True
 
 
-def image_statistics(image: Any) -> dict[str, float]:
-    """Pixel statistics of an RGB image (computed on a copy of at most 256 px a side).
+def statistics_pixels(image: Any) -> np.ndarray:
+    """The ``(N, 3)`` ``uint8`` RGB pixels the statistics are computed on.
+
+    Images larger than 256 px a side are box-reduced by the smallest integer factor that
+    brings both sides to at most 256 px (:meth:`PIL.Image.Image.reduce`: each output pixel is
+    the rounded mean of a ``k x k`` block), several times cheaper than a resampling thumbnail;
+    every original pixel keeps its weight, so the luminance mean moves by rounding only, and
+    noise is averaged as a viewer's downscale would.
 
     Args:
-        image: PIL image (converted to RGB) or ``(H, W, 3)`` uint8 array.
+        image: PIL image of any mode (converted to RGB) or ``(H, W, 3)`` ``uint8`` array
+            (used as it is).
+
+    Returns:
+        ``(N, 3)`` ``uint8`` (a view where no conversion or reduction was needed).
+    """
+    if isinstance(image, np.ndarray):
+        return image.reshape(-1, image.shape[-1])
+    small = image if image.mode == "RGB" else image.convert("RGB")
+    factor = -(-max(small.size) // _STATS_SIDE)
+    if factor > 1:
+        small = small.reduce(factor)
+    return np.asarray(small).reshape(-1, 3)
+
+
+def image_statistics(image: Any) -> dict[str, float]:
+    """Pixel statistics of an RGB image (on a box-reduced copy of at most 256 px a side).
+
+    Args:
+        image: PIL image (converted to RGB) or ``(H, W, 3)`` uint8 array (see
+            :func:`statistics_pixels`).
 
     Returns:
         ``mean`` and ``std`` of the luminance, ``chroma_mean`` and ``chroma_p99`` of
         ``max(R, G, B) - min(R, G, B)``, all in gray levels.
     """
-    if isinstance(image, np.ndarray):
-        pixels = image
-    else:
-        small = image.convert("RGB")
-        if max(small.size) > _STATS_SIDE:
-            small = small.copy()
-            small.thumbnail((_STATS_SIDE, _STATS_SIDE))
-        pixels = np.asarray(small)
-    pixels = pixels.reshape(-1, pixels.shape[-1]).astype(np.float64)
+    pixels = statistics_pixels(image).astype(np.float64)
     luminance = pixels @ _LUMA
     chroma = pixels.max(axis=1) - pixels.min(axis=1)
     return {

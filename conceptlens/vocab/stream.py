@@ -33,7 +33,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from conceptlens.models.base import Backbone
 from conceptlens.models.images import RESAMPLE_FILTERS, normalize_pixels, resize_to_uint8
 from conceptlens.vocab.cache import CachedFeatures, FeatureCache, image_content_hash
-from conceptlens.vocab.input_checks import _LUMA, _STATS_SIDE
+from conceptlens.vocab.input_checks import _LUMA, statistics_pixels
 from conceptlens.vocab.sources import ImageSource, iter_image_sources
 
 __all__ = ["ImageRecord", "PixelRecipe", "RecordBatch", "pixel_recipe", "resolve_workers"]
@@ -58,9 +58,10 @@ class PixelRecipe:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
 
-    def resize(self, image: Any) -> np.ndarray:
-        """``(3, H, W)`` ``uint8`` model-size copy of a PIL image."""
-        return resize_to_uint8(image, self.size, self.resample)
+    def resize(self, image: Any, pixels: np.ndarray | None = None) -> np.ndarray:
+        """``(3, H, W)`` ``uint8`` model-size image (``pixels``: ``np.asarray(image)`` if made;
+        see :func:`~conceptlens.models.images.resize_to_uint8`)."""
+        return resize_to_uint8(image, self.size, self.resample, pixels=pixels)
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` ``uint8`` -> float32 model input on the same device."""
@@ -166,7 +167,11 @@ def collate_records(records: list[ImageRecord]) -> RecordBatch:
     pixels = None
     if to_encode:
         arrays = [records[i].pixels for i in to_encode]
-        pixels = torch.stack([torch.as_tensor(a) for a in arrays])
+        if all(isinstance(a, np.ndarray) for a in arrays):
+            # one copy into a fresh (writable) batch, also from read-only or strided views
+            pixels = torch.from_numpy(np.stack(arrays))
+        else:
+            pixels = torch.stack([torch.as_tensor(a) for a in arrays])
         for i in to_encode:
             records[i].pixels = True
     return RecordBatch(records=records, pixels=pixels, to_encode=to_encode)
@@ -176,14 +181,11 @@ def statistics_row(image: Any) -> np.ndarray:
     """``(6,)`` ``width, height, mean, std, chroma_mean, chroma_p99`` of a PIL image.
 
     The same numbers as :func:`~conceptlens.vocab.input_checks.image_statistics` (equal
-    bit for bit: the chroma is an integer, so its mean and 99th percentile come exactly from
-    a histogram), about 4x faster, which matters on the host side of the pipeline.
+    bit for bit: both read :func:`~conceptlens.vocab.input_checks.statistics_pixels`, and
+    the chroma is an integer, so its mean and 99th percentile come exactly from a
+    histogram), several times faster, which matters on the host side of the pipeline.
     """
-    small = image if image.mode == "RGB" else image.convert("RGB")
-    if max(small.size) > _STATS_SIDE:
-        small = small.copy()
-        small.thumbnail((_STATS_SIDE, _STATS_SIDE))
-    pixels = np.asarray(small).reshape(-1, 3)
+    pixels = statistics_pixels(image)
     luminance = pixels.astype(np.float64) @ _LUMA
     red, green, blue = pixels[:, 0], pixels[:, 1], pixels[:, 2]
     chroma = np.maximum(np.maximum(red, green), blue) - np.minimum(np.minimum(red, green), blue)
@@ -267,9 +269,11 @@ class ImageStream(IterableDataset):
         loaded = source.load()
         image = loaded.image
         stats = statistics_row(image) if self.need_stats else None
+        # One copy of the pixels out of PIL, hashed and (at the model size) fed as they are.
+        array = np.asarray(image) if image.mode == "RGB" else None
         key = None
         if cache is not None:
-            content_hash = image_content_hash(image)
+            content_hash = image_content_hash(image, pixels=array)
             key = FeatureCache.key(content_hash, self.identity)
             if path_info is not None:
                 path_info = (*path_info, content_hash)
@@ -278,7 +282,7 @@ class ImageStream(IterableDataset):
                 return ImageRecord(position, source.image_id, key=key, stats=stats, cached=hit,
                                    path_info=path_info)
         if self.recipe is not None:
-            pixels: Any = self.recipe.resize(image)
+            pixels: Any = self.recipe.resize(image, array)
         else:
             pixels = self.backbone.preprocess([image])[0].float()
         return ImageRecord(position, source.image_id, key=key, stats=stats, pixels=pixels,
