@@ -52,6 +52,7 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,9 @@ import numpy as np
 import torch
 
 from conceptlens.errors import ConceptlensError, ConceptlensWarning
+from conceptlens.vocab.batching import iter_feature_batches
 from conceptlens.vocab.concept import Concept
+from conceptlens.vocab.reference import default_reference
 
 __all__ = [
     "EXAMPLE_VECTORS",
@@ -342,8 +345,6 @@ def apply_learned_vectors(backbone: Any, vocabulary: Any, bank: Any) -> Any:
 
 
 def _features(backbone: Any, images: Any, batch_size: int, cache: Any) -> tuple[np.ndarray, np.ndarray]:
-    from conceptlens.vocab.scorer import iter_feature_batches
-
     glob, patch = [], []
     errors: list[dict[str, str]] = []
     for batch in iter_feature_batches(backbone, images, batch_size=batch_size, cache=cache,
@@ -460,10 +461,6 @@ def concept_from_examples(
     Warns:
         ExampleConceptWarning: Held-out global AUC below 0.7.
     """
-    import warnings
-
-    from conceptlens.vocab.reference import default_reference
-
     rng = np.random.default_rng(random_state)
     pos_g, pos_p = _features(backbone, positives, batch_size, None)
     pos_g, pos_p = _unit(pos_g), _unit(pos_p)

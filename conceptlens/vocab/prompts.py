@@ -12,12 +12,9 @@ import re
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Union
+from typing import Union
 
 from conceptlens.vocab.concept import Concept, VocabularyError
-
-if TYPE_CHECKING:
-    from conceptlens.vocab.vocabulary import ConceptVocabulary
 
 __all__ = [
     "DERM7PT_TEMPLATE",
@@ -25,6 +22,7 @@ __all__ = [
     "ConceptPrompt",
     "PromptTemplate",
     "build_prompts",
+    "modality_key",
     "resolve_templates",
 ]
 
@@ -188,7 +186,9 @@ _MODALITY_ALIASES = {
 }
 
 
-def _modality_key(modality: str) -> str | None:
+def modality_key(modality: str) -> str | None:
+    """The key of :data:`TEMPLATES` for ``modality`` (case, spaces, underscores and known
+    aliases forgiven), or ``None`` when conceptlens has no templates for it."""
     key = " ".join(modality.strip().casefold().replace("_", " ").split())
     if key in TEMPLATES:
         return key
@@ -211,7 +211,7 @@ def resolve_templates(
         return resolved
     if not modality:
         return TEMPLATES["default"]
-    key = _modality_key(modality)
+    key = modality_key(modality)
     if key is None:
         warnings.warn(
             f"no prompt templates for modality {modality!r}; using the default ones "
@@ -287,7 +287,7 @@ def _override_prompts(concept: Concept, terms: Sequence[str]) -> list[ConceptPro
 
 
 def build_prompts(
-    vocabulary: ConceptVocabulary | Iterable[Concept],
+    vocabulary: Iterable[Concept],
     templates: TemplateLike | Iterable[TemplateLike] | None = None,
     *,
     modality: str | None = None,
@@ -301,7 +301,8 @@ def build_prompts(
     synonym occurs in each (the longest match, case-insensitive).
 
     Args:
-        vocabulary: A :class:`ConceptVocabulary` (or any iterable of concepts).
+        vocabulary: A :class:`~conceptlens.vocab.vocabulary.ConceptVocabulary` (or any
+            iterable of concepts; its ``modality`` attribute, if any, picks the templates).
         templates: Templates to use for every concept (``PromptTemplate``, strings with
             ``{concept}``, or ``(text, reference)`` pairs). Default:
             ``TEMPLATES[modality or vocabulary.modality or "default"]``.

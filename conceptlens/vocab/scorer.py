@@ -89,6 +89,7 @@ import torch.nn.functional as F
 from conceptlens.models.base import Backbone
 from conceptlens.vocab.batching import FeatureBatch, auto_batch_size, iter_feature_batches
 from conceptlens.vocab.cache import FeatureCache, patch_mean_of
+from conceptlens.vocab.examples import apply_learned_vectors
 from conceptlens.vocab.geometry import covered_fraction, patch_size_of
 from conceptlens.vocab.input_checks import (
     InputChecks,
@@ -526,8 +527,6 @@ class ConceptScorer:
                 need_reference=need_reference, batch_size=self.text_batch_size(),
             )
             # concepts learned from example images (issue 15): learned vectors replace text ones
-            from conceptlens.vocab.examples import apply_learned_vectors
-
             bank = apply_learned_vectors(self.backbone, self.vocabulary, bank)
             if self.text_store is not None:
                 self.text_store.put(key, bank)

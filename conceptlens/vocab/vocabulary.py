@@ -14,6 +14,8 @@ from typing import Any, Literal
 import pandas as pd
 
 from conceptlens.vocab.concept import Concept, VocabularyError
+from conceptlens.vocab.formats import read_vocabulary, write_vocabulary
+from conceptlens.vocab.prompts import modality_key
 
 __all__ = ["ConceptVocabulary"]
 
@@ -119,9 +121,7 @@ class ConceptVocabulary:
         """
         if not self._modality:
             return True
-        from conceptlens.vocab.prompts import _modality_key
-
-        return _modality_key(self._modality) is not None
+        return modality_key(self._modality) is not None
 
     @property
     def concepts(self) -> tuple[Concept, ...]:
@@ -441,14 +441,12 @@ class ConceptVocabulary:
             FileNotFoundError: If ``path`` does not exist.
             VocabularyError: On malformed content (message names file, line/row, concept).
         """
-        from conceptlens.vocab.formats import read_vocabulary
-
-        return read_vocabulary(path, format=format, strict=strict)
+        data = read_vocabulary(path, format=format, strict=strict)
+        return cls(data.concepts, name=data.name, description=data.description,
+                   modality=data.modality)
 
     def to_file(self, path: str | Path, *, format: str | None = None) -> Path:
         """Write the vocabulary; the format follows the suffix unless ``format`` is given."""
-        from conceptlens.vocab.formats import write_vocabulary
-
         return write_vocabulary(self, path, format=format)
 
     @classmethod

@@ -8,18 +8,17 @@ or row (CSV) and the concept at fault.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from conceptlens.vocab.concept import VocabularyError
+from conceptlens.vocab.formats._common import VocabularyData, VocabularyLike
 from conceptlens.vocab.formats.mapping import read_json, read_yaml, write_json, write_yaml
 from conceptlens.vocab.formats.obo import read_obo, write_obo
 from conceptlens.vocab.formats.tabular import read_csv, write_csv
 
-if TYPE_CHECKING:
-    from conceptlens.vocab.vocabulary import ConceptVocabulary
-
 __all__ = [
     "FORMATS",
+    "VocabularyData",
+    "VocabularyLike",
     "format_for_path",
     "read_csv",
     "read_json",
@@ -70,8 +69,12 @@ def format_for_path(path: str | Path, format: str | None = None) -> str:
 
 def read_vocabulary(
     path: str | Path, *, format: str | None = None, strict: bool = True
-) -> ConceptVocabulary:
+) -> VocabularyData:
     """Read a vocabulary file in any supported format (chosen by suffix unless given).
+
+    Returns:
+        The file's concepts and metadata; ``ConceptVocabulary.from_file`` builds a
+        :class:`~conceptlens.vocab.vocabulary.ConceptVocabulary` from them.
 
     Raises:
         FileNotFoundError: The file does not exist.
@@ -96,7 +99,7 @@ def read_vocabulary(
 
 
 def write_vocabulary(
-    vocabulary: ConceptVocabulary, path: str | Path, *, format: str | None = None
+    vocabulary: VocabularyLike, path: str | Path, *, format: str | None = None
 ) -> Path:
     """Write ``vocabulary`` to ``path`` (format by suffix unless given); returns the path."""
     path = Path(path)

@@ -1,18 +1,83 @@
-"""Shared validation for the readers: records -> concepts, with their locations."""
+"""Shared validation for the readers: records -> concepts, with their locations.
+
+The readers return :class:`VocabularyData`, plain data that
+:class:`~conceptlens.vocab.vocabulary.ConceptVocabulary` is built from, and the writers take
+any :class:`VocabularyLike`; so the formats never import the vocabulary class.
+"""
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from conceptlens._io.files import FileContentError, read_text_limited
 from conceptlens.vocab.concept import Concept, VocabularyError
-from conceptlens.vocab.vocabulary import ConceptVocabulary
+
+__all__ = [
+    "VOCABULARY_FIELDS",
+    "VocabularyData",
+    "VocabularyLike",
+    "atomic_write_text",
+    "build_vocabulary",
+    "concept_from_record",
+    "read_vocabulary_text",
+]
 
 VOCABULARY_FIELDS = ("name", "description", "modality", "concepts")
+
+
+@dataclass(frozen=True)
+class VocabularyData:
+    """A vocabulary as a file holds it: validated concepts and metadata, nothing more.
+
+    ``ConceptVocabulary.from_file`` builds a
+    :class:`~conceptlens.vocab.vocabulary.ConceptVocabulary` from it.
+
+    Attributes:
+        concepts: The concepts in file order (ids unique).
+        name: The vocabulary's name (the file's stem when the file names none).
+        description: Its description, or ``""``.
+        modality: Its modality, or ``""``.
+    """
+
+    concepts: tuple[Concept, ...]
+    name: str
+    description: str = ""
+    modality: str = ""
+
+    def __len__(self) -> int:
+        return len(self.concepts)
+
+    def __iter__(self) -> Iterator[Concept]:
+        return iter(self.concepts)
+
+
+class VocabularyLike(Protocol):
+    """What a writer needs: metadata and the concepts in order (a ``ConceptVocabulary``,
+    a :class:`VocabularyData`)."""
+
+    @property
+    def name(self) -> str:
+        """Short name."""
+        ...  # pragma: no cover - a protocol
+
+    @property
+    def description(self) -> str:
+        """Free-text description."""
+        ...  # pragma: no cover - a protocol
+
+    @property
+    def modality(self) -> str:
+        """Imaging modality."""
+        ...  # pragma: no cover - a protocol
+
+    def __iter__(self) -> Iterator[Concept]:
+        """The concepts in order."""
+        ...  # pragma: no cover - a protocol
 
 
 def concept_from_record(
@@ -38,8 +103,8 @@ def build_vocabulary(
     path: Path,
     meta: Mapping[str, Any],
     line_label: str = "line",
-) -> ConceptVocabulary:
-    """Check ids are unique (naming both locations) and assemble the vocabulary."""
+) -> VocabularyData:
+    """Check ids are unique (naming both locations) and assemble the vocabulary's data."""
     seen: dict[str, int | None] = {}
     concepts = []
     for concept, line in located:
@@ -56,8 +121,8 @@ def build_vocabulary(
         value = meta.get(key)
         if value is not None and not isinstance(value, str):
             raise VocabularyError(f"vocabulary {key!r} must be a string, got {value!r}", path=path)
-    return ConceptVocabulary(
-        concepts,
+    return VocabularyData(
+        tuple(concepts),
         name=meta.get("name") or path.stem,
         description=meta.get("description") or "",
         modality=meta.get("modality") or "",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
@@ -12,17 +12,16 @@ from conceptlens._io.safe_yaml import YamlError, load_yaml
 from conceptlens.vocab.concept import VocabularyError
 from conceptlens.vocab.formats._common import (
     VOCABULARY_FIELDS,
+    VocabularyData,
+    VocabularyLike,
     atomic_write_text,
     build_vocabulary,
     concept_from_record,
     read_vocabulary_text,
 )
 
-if TYPE_CHECKING:
-    from conceptlens.vocab.vocabulary import ConceptVocabulary
 
-
-def vocabulary_to_dict(vocabulary: ConceptVocabulary) -> dict[str, Any]:
+def vocabulary_to_dict(vocabulary: VocabularyLike) -> dict[str, Any]:
     """The schema mapping for ``vocabulary`` (plain dicts and lists)."""
     return {
         "name": vocabulary.name,
@@ -34,7 +33,7 @@ def vocabulary_to_dict(vocabulary: ConceptVocabulary) -> dict[str, Any]:
 
 def _from_mapping(
     data: Any, path: Path, lines: list[int | None] | None
-) -> ConceptVocabulary:
+) -> VocabularyData:
     label = "line"
     if not isinstance(data, dict):
         raise VocabularyError(
@@ -72,7 +71,7 @@ def _concept_lines(root: yaml.Node | None) -> list[int | None]:
     return []
 
 
-def read_yaml(path: str | Path) -> ConceptVocabulary:
+def read_yaml(path: str | Path) -> VocabularyData:
     """Read a YAML vocabulary (safe loader with alias and depth limits; errors carry lines)."""
     path = Path(path)
     text = read_vocabulary_text(path)
@@ -83,7 +82,7 @@ def read_yaml(path: str | Path) -> ConceptVocabulary:
     return _from_mapping(data, path, _concept_lines(root))
 
 
-def read_json(path: str | Path) -> ConceptVocabulary:
+def read_json(path: str | Path) -> VocabularyData:
     """Read a JSON vocabulary (errors name the concept by id or position)."""
     path = Path(path)
     text = read_vocabulary_text(path)
@@ -108,7 +107,7 @@ def _represent_list(dumper: yaml.SafeDumper, data: list) -> yaml.Node:
 _Dumper.add_representer(list, _represent_list)
 
 
-def write_yaml(vocabulary: ConceptVocabulary, path: str | Path) -> None:
+def write_yaml(vocabulary: VocabularyLike, path: str | Path) -> None:
     """Write ``vocabulary`` as YAML (UTF-8, keys in schema order, short lists inline)."""
     text = yaml.dump(
         vocabulary_to_dict(vocabulary), Dumper=_Dumper, sort_keys=False, allow_unicode=True,
@@ -117,7 +116,7 @@ def write_yaml(vocabulary: ConceptVocabulary, path: str | Path) -> None:
     atomic_write_text(Path(path), text)
 
 
-def write_json(vocabulary: ConceptVocabulary, path: str | Path) -> None:
+def write_json(vocabulary: VocabularyLike, path: str | Path) -> None:
     """Write ``vocabulary`` as indented JSON (UTF-8)."""
     text = json.dumps(vocabulary_to_dict(vocabulary), indent=2, ensure_ascii=False) + "\n"
     atomic_write_text(Path(path), text)

@@ -21,18 +21,17 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from conceptlens.vocab.concept import Concept, VocabularyError, is_cui
 from conceptlens.vocab.formats._common import (
+    VocabularyData,
+    VocabularyLike,
     atomic_write_text,
     build_vocabulary,
     concept_from_record,
     read_vocabulary_text,
 )
-
-if TYPE_CHECKING:
-    from conceptlens.vocab.vocabulary import ConceptVocabulary
 
 _PREFIX = "conceptlens:"
 _OWN_FIELDS = ("group", "modality", "prompt", "source", "attributes")
@@ -221,7 +220,7 @@ def _read_term(stanza: _Stanza, path: Path, strict: bool) -> _Term | None:
     return _Term(stanza, term_id, record, cuis, own_source, own_attributes)
 
 
-def read_obo(path: str | Path, *, strict: bool = True) -> ConceptVocabulary:
+def read_obo(path: str | Path, *, strict: bool = True) -> VocabularyData:
     """Read an OBO file; see the module docstring for the mapping.
 
     Args:
@@ -269,7 +268,7 @@ def _term_id(concept: Concept) -> str:
     return f"UMLS:{concept.id}" if concept.cui else concept.id
 
 
-def write_obo(vocabulary: ConceptVocabulary, path: str | Path) -> None:
+def write_obo(vocabulary: VocabularyLike, path: str | Path) -> None:
     """Write ``vocabulary`` as OBO 1.2 that :func:`read_obo` reads back unchanged."""
     term_ids = {c.id: _term_id(c) for c in vocabulary}
     out = ["format-version: 1.2", f"ontology: {vocabulary.name}"]

@@ -14,19 +14,18 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from conceptlens._io.tables import neutralise_cell, restore_cell
 from conceptlens.vocab.concept import CONCEPT_FIELDS, VocabularyError
 from conceptlens.vocab.formats._common import (
+    VocabularyData,
+    VocabularyLike,
     atomic_write_text,
     build_vocabulary,
     concept_from_record,
     read_vocabulary_text,
 )
-
-if TYPE_CHECKING:
-    from conceptlens.vocab.vocabulary import ConceptVocabulary
 
 LIST_FIELDS = ("synonyms", "modalities", "prompts")
 _META_KEYS = ("name", "description", "modality")
@@ -75,7 +74,7 @@ def _record(row: dict[str, str], path: Path, line: int) -> dict[str, Any]:
     return record
 
 
-def read_csv(path: str | Path) -> ConceptVocabulary:
+def read_csv(path: str | Path) -> VocabularyData:
     """Read a CSV vocabulary; errors name the file, the row (physical line) and concept."""
     path = Path(path)
     lines = read_vocabulary_text(path, encoding="utf-8-sig").splitlines(keepends=True)
@@ -130,7 +129,7 @@ def read_csv(path: str | Path) -> ConceptVocabulary:
     return build_vocabulary(located, path=path, meta=meta, line_label="row")
 
 
-def write_csv(vocabulary: ConceptVocabulary, path: str | Path) -> None:
+def write_csv(vocabulary: VocabularyLike, path: str | Path) -> None:
     """Write ``vocabulary`` as CSV with metadata comment lines."""
     buffer = io.StringIO()
     for key in _META_KEYS:
