@@ -91,10 +91,15 @@ class AuditResult:
                 v = f"{v:.3f}"
             parts.append(f"<li><b>{html.escape(str(k))}</b>: {html.escape(str(v))}</li>")
         parts.append("</ul>")
-        for name in _TABLES:
+        # reliance per concept group right after the reliance per concept
+        order = ["reliance", "group_reliance", *[t for t in _TABLES if t not in {"reliance", "group_reliance"}]]
+        for name in order:
             frame = getattr(self, name)
             if frame.empty:
                 continue
+            if name == "group_reliance" and "concepts" in frame:
+                frame = frame.assign(concepts=[", ".join(map(str, c)) if isinstance(c, (list, tuple))
+                                               else str(c) for c in frame["concepts"]])
             parts.append(f"<h4>{html.escape(name.replace('_', ' '))}</h4>")
             parts.append(
                 frame.head(15).to_html(escape=True, float_format=lambda v: f"{v:.3g}",

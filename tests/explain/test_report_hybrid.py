@@ -236,7 +236,10 @@ def test_group_reliance_in_audit_report(data, tmp_path):
     # without groups there is no group section
     plain = audit_report(audit(scores, decisions, y), scores=scores, decisions=decisions, labels=y)
     assert "Reliance per concept group" not in [s.title for s in plain.sections]
-    assert "group_reliance" in result._repr_html_().replace(" ", "_") or "group reliance" in result._repr_html_()
+    shown = result._repr_html_()  # Jupyter: the group table right after the reliance table
+    assert shown.index("<h4>reliance</h4>") < shown.index("<h4>group reliance</h4>") < shown.index("<h4>association")
+    assert "c:oh_a, c:oh_b, c:oh_c" in shown
+    assert "<script" not in shown.lower()
 
 
 class _Thing:
