@@ -159,7 +159,7 @@ def test_contents_links_every_image_block(data, tmp_path):
 def test_contents_in_browser(data, tmp_path):
     require_browser()
     from tests.browser import headless_chromium
-    from tests.explain._layout import assert_findings_first, first_screen
+    from tests.explain._layout import assert_findings_first, first_screen, printed
 
     scores, _, _, sparse, _ = data
     items = _items(scores, sparse, list(scores.table.index[:20]))
@@ -173,6 +173,8 @@ def test_contents_in_browser(data, tmp_path):
         driver.find_element("css selector", 'nav.contents a[href="#image-17"]').click()
         top = driver.execute_script("return document.getElementById('image-17').getBoundingClientRect().top")
     assert missing == 0 and abs(top) < 5
+    page = printed(html_path)  # A4: the index and the images fit the paper's width
+    assert page["scroll_width"] <= page["width"], page
 
 
 def test_hybrid_in_audit_and_dataset_reports(data, tmp_path):
