@@ -165,3 +165,21 @@ def test_calibrator_without_evaluation_says_how_to_get_one(chain):
     copy.evaluation_ = chain["evaluation"]
     copy.fit(chain["scores"], _labels(generate(40, seed=31), list(chain["scores"].table.columns)))
     assert not hasattr(copy, "evaluation_")
+
+
+def test_chain_sections_in_browser(chain, tmp_path):
+    """The added sections fit the page at 1280 px, their figure decodes, and nothing runs."""
+    from tests.browser import inspect_page, require_browser
+    from tests.explain._layout import assert_findings_first, first_screen
+
+    require_browser()
+    scores, diagnosis, bottleneck = chain["scores"], chain["diagnosis"], chain["bottleneck"]
+    decisions = bottleneck.predict(scores)
+    report = audit_report(audit(scores, decisions, diagnosis), scores=scores, decisions=decisions,
+                          labels=diagnosis, scorer=chain["scorer"])
+    html_path, _ = report.save(tmp_path, "audit")
+    assert_findings_first(first_screen(html_path, tmp_path / "first.png"))
+    page = inspect_page(html_path, tmp_path / "page.png")
+    assert page["errors"] == [] and page["pwned"] is None and page["n_scripts"] == 0
+    assert all(w > 0 for w in page["widths"])
+    assert f"network {XSS}" in page["text"]
