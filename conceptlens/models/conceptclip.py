@@ -298,29 +298,37 @@ class ConceptCLIPBackbone(Backbone):
             grid_size=self._grid_for(tokens.shape[1]),
         )
 
-    def forward_texts(self, texts: Sequence[str] | str) -> TextFeatures:
+    def forward_texts(self, texts: Sequence[str] | str, padding: str = "max_length") -> TextFeatures:
         """Tokenise (padding to :attr:`context_length`, like the authors) and encode texts.
 
         Args:
             texts: Strings (a single string is one text).
+            padding: ``"max_length"`` (to :attr:`context_length`) or ``"longest"`` (to the
+                batch's longest text, at most :attr:`context_length`). The model masks
+                padding tokens, so the global embedding and the real tokens' vectors do not
+                depend on it (up to float rounding); only the vectors *at* padding positions do.
 
         Returns:
             :class:`TextFeatures`: ``global_embeds`` ``(N, D)``, ``token_embeds`` ``(N, T, D)``
-            (``text_token_features``, ``T = context_length``), ``attention_mask`` ``(N, T)``,
-            ``offsets`` ``(N, T, 2)`` character spans (``(0, 0)`` for special / padding).
+            (``text_token_features``, ``T = context_length`` or the longest text),
+            ``attention_mask`` ``(N, T)``, ``offsets`` ``(N, T, 2)`` character spans
+            (``(0, 0)`` for special / padding).
         """
+        if padding not in ("max_length", "longest"):
+            raise ValueError(f"padding must be 'max_length' or 'longest', got {padding!r}")
         texts = as_text_list(texts)
         self._warn_if_truncated(texts)
         encoded = self.tokenizer(
             texts,
-            padding="max_length",
+            padding=padding,
             truncation=True,
             max_length=self.context_length,
             return_offsets_mapping=True,
             return_tensors="pt",
         )
         if self._slow_tokenizer is not None:
-            _check_same_ids(self._slow_tokenizer, encoded["input_ids"], texts, self.context_length)
+            _check_same_ids(self._slow_tokenizer, encoded["input_ids"], texts, self.context_length,
+                            padding=padding)
         input_ids = encoded["input_ids"].to(self.device)
         out = self.model(input_ids=input_ids)
         text = _output(out, "text_features")
@@ -447,8 +455,9 @@ def fast_bert_tokenizer(slow: Any) -> Any:
     return fast
 
 
-def _check_same_ids(slow: Any, ids: torch.Tensor, texts: list[str], length: int) -> None:
-    expected = slow(texts, padding="max_length", truncation=True, max_length=length,
+def _check_same_ids(slow: Any, ids: torch.Tensor, texts: list[str], length: int,
+                    padding: str = "max_length") -> None:
+    expected = slow(texts, padding=padding, truncation=True, max_length=length,
                     return_tensors="pt")["input_ids"]
     if expected.shape != ids.shape or not torch.equal(expected, ids.cpu()):
         rows = [i for i in range(len(texts)) if not torch.equal(expected[i], ids[i].cpu())]

@@ -2,6 +2,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from conceptlens.vocab.scorer import ConceptScorer
@@ -80,3 +81,48 @@ def test_damaged_or_mismatched_bank_files_are_recomputed(tmp_path, vocabulary, i
     again = ConceptScorer(fresh, vocabulary, progress=False, text_cache_dir=tmp_path)
     assert again.score(images[:1]).table.equals(expected.table) and fresh.text_calls > 0
     assert store.get(key, n_concepts=3, embed_dim=8) is not None  # rewritten
+
+
+def _banks_longest_and_77(backbone, monkeypatch, text_token="span"):
+    """The demo vocabulary's bank with dynamic padding and with every prompt padded to 77."""
+    from conceptlens.vocab import ConceptVocabulary, textbank
+
+    vocabulary = ConceptVocabulary.builtin("demo")
+    lengths: list[int] = []
+    forward = backbone.forward_texts
+
+    def counting(texts, padding="max_length"):
+        out = forward(texts, padding=padding)
+        lengths.append(int(out.token_embeds.shape[1]))
+        return out
+
+    monkeypatch.setattr(backbone, "forward_texts", counting)
+    build = dict(templates=None, synonyms=True, text_token=text_token, need_reference=False)
+    dynamic = textbank.build_text_bank(backbone, vocabulary, **build)
+    dynamic_lengths, lengths[:] = list(lengths), []
+    monkeypatch.setattr(textbank, "_accepts_padding", lambda _: False)
+    fixed = textbank.build_text_bank(backbone, vocabulary, **build)
+    return dynamic, fixed, dynamic_lengths, list(lengths)
+
+
+@pytest.mark.parametrize("model", ["demo", "tiny"])
+def test_span_mode_pads_to_the_longest_prompt_with_the_same_vectors(model, monkeypatch):
+    from conceptlens.models import ConceptCLIPBackbone, create_reference_model, load_backbone
+
+    if model == "demo":
+        backbone = load_backbone("demo")
+    else:
+        backbone = ConceptCLIPBackbone(*create_reference_model("tiny", seed=0), model_id="tiny-pad")
+    dynamic, fixed, dynamic_lengths, fixed_lengths = _banks_longest_and_77(backbone, monkeypatch)
+    assert set(fixed_lengths) == {77} and max(dynamic_lengths) < 77
+    for name, tensor in fixed.tensors().items():
+        torch.testing.assert_close(getattr(dynamic, name), tensor, atol=1e-6, rtol=0)
+
+
+def test_last_token_mode_keeps_the_fixed_length(monkeypatch):
+    from conceptlens.models import load_backbone
+
+    dynamic, fixed, dynamic_lengths, _ = _banks_longest_and_77(load_backbone("demo"), monkeypatch, "last")
+    assert set(dynamic_lengths) == {77}
+    for name, tensor in fixed.tensors().items():
+        assert torch.equal(getattr(dynamic, name), tensor)
