@@ -132,6 +132,11 @@ def test_hybrid_explanation_report(data, tmp_path):
     assert "Residual share of the decisions (hybrid bottleneck)" in titles
     page = html_path.read_text()
     assert "<script" not in page.lower() and "&lt;script&gt;" in page
+    # embeddings as an array in the order of the explanations, or a mapping by image id
+    for given in (embeddings.loc[ids].to_numpy(), {i: embeddings.loc[i].to_numpy() for i in ids}):
+        again = _items(scores, hybrid, ids, embeddings)
+        explanation_report(again, bottleneck=hybrid, embeddings=given)
+        assert [i.residual for i in again] == pytest.approx(list(parts["residual"]))
 
 
 def test_contents_links_every_image_block(data, tmp_path):

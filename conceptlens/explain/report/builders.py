@@ -244,6 +244,9 @@ def _fill_from_bottleneck(items: Sequence[ImageExplanation], bottleneck: Any, em
         rows = embeddings.reindex([i.image_id for i in todo])
     elif isinstance(embeddings, Mapping):
         rows = np.stack([np.asarray(embeddings[i.image_id], dtype=float) for i in todo])
+    elif embeddings is not None:  # an array in the order of the explanations
+        positions = [next(k for k, other in enumerate(items) if other is i) for i in todo]
+        rows = np.asarray(embeddings, dtype=float)[positions]
     parts = hybrid_parts(bottleneck, frame, rows, predicted=[i.prediction for i in todo])
     for item, (_, row) in zip(todo, parts.iterrows(), strict=True):
         item.residual = float(row["residual"])
