@@ -20,6 +20,7 @@ from conceptlens.models.errors import (  # noqa: E402
 )
 from conceptlens.models.open_clip import timm_map_value_path  # noqa: E402
 from conceptlens.models.reference import build_tokenizer  # noqa: E402
+from conceptlens.models.testing import BACKBONE_CHECKS, check_backbone  # noqa: E402
 from conceptlens.vocab import Concept, ConceptScorer, ConceptVocabulary  # noqa: E402
 
 TEXTS = ["a photo of a mole", "pigment network", "blue whitish veil"]
@@ -76,6 +77,10 @@ def test_layout_is_detected(backbone):
         assert len(list(visual.head.children())) > 0  # the linear projection
     assert backbone.identity.family == "open_clip" and backbone.identity.revision is None
     assert backbone.model is not None and not backbone.model.training
+
+
+def test_keeps_the_backbone_contract(backbone):
+    assert check_backbone(backbone) == list(BACKBONE_CHECKS)
 
 
 def test_global_embeddings_equal_open_clip(backbone, pixels):
