@@ -24,11 +24,8 @@ from conceptlens.train.core import (
     train_concept_model,
     vocabulary_words,
 )
-from conceptlens.train.evaluation import (
-    ConceptModelEvaluation,
-    TrainingHistory,
-    evaluate_concept_model,
-)
+from conceptlens.train.evaluation import ConceptModelEvaluation, evaluate_concept_model
+from conceptlens.train.history import TrainingHistory
 
 __all__ = [
     "ConceptModelEvaluation",

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from conceptlens.errors import ConceptlensError
+from conceptlens.train.history import TrainingHistory
 
 __all__ = [
     "ConceptTrainingData",
@@ -450,8 +451,6 @@ def train_concept_model(
         torch.set_num_threads(previous_threads)
     history["config"] = asdict(config)
     history["wall_time_s"] = time.perf_counter() - started
-    from conceptlens.train.evaluation import TrainingHistory
-
     return trained, processor, TrainingHistory(history)
 
 
