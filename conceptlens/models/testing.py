@@ -13,7 +13,8 @@ The checks, in the order they run (names for ``skip``):
 ``attributes``
     ``image_size`` and ``grid_size`` are pairs of positive ints, ``embed_dim`` a positive
     int, the four calibration scalars finite floats (scales > 0), ``num_prefix_tokens`` a
-    non-negative int, ``model`` an ``nn.Module`` in eval mode.
+    non-negative int, ``model`` an ``nn.Module`` in eval mode, ``weights_folder`` ``None`` or
+    an existing folder.
 ``identity``
     ``identity`` is a :class:`~conceptlens.models.base.BackboneIdentity`: hashable, equal
     and with the same ``key`` when read twice, JSON ``preprocessing``, ``to_dict()``
@@ -195,6 +196,9 @@ def _check_attributes(ctx: _Context) -> None:
     ctx.expect(isinstance(getattr(b, "model", None), nn.Module),
                f"model must be a torch.nn.Module, got {type(getattr(b, 'model', None)).__name__}")
     ctx.expect(not b.model.training, "model must be in eval mode (dropout makes embeddings random)")
+    folder = getattr(b, "weights_folder", None)
+    ctx.expect(folder is None or (isinstance(folder, Path) and folder.is_dir()),
+               f"weights_folder must be None or an existing folder (a Path), got {folder!r}")
 
 
 def _check_identity(ctx: _Context) -> None:

@@ -126,6 +126,12 @@ class _WrongPatchSize(FakeBackbone):
         self.patch_size = 5
 
 
+class _MissingFolder(FakeBackbone):
+    @property
+    def weights_folder(self):
+        return "/no/such/folder"
+
+
 class _NotEval(FakeBackbone):
     def __init__(self):
         super().__init__()
@@ -136,6 +142,7 @@ class _NotEval(FakeBackbone):
     ("backbone", "check", "message"),
     [
         (_NotEval, "attributes", "eval mode"),
+        (_MissingFolder, "attributes", "weights_folder"),
         (_DriftingIdentity, "identity", "changes between two reads"),
         (_Unnormalised, "image_features", "L2-normalised"),
         (_WrongGrid, "image_features", "grid_size"),
