@@ -105,6 +105,10 @@ class BackboneCheckError(ConceptlensError, AssertionError):
     def __init__(self, check: str, message: str) -> None:
         super().__init__(f"check_backbone: {check!r} failed: {message}")
         self.check = check
+        self._message = message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.check, self._message))
 
 
 @dataclass
@@ -115,7 +119,6 @@ class _Context:
     atol: float
     norm_tol: float
     folder: Path
-    name: str = ""
     images: list[Image.Image] = field(default_factory=list)
     pixels: torch.Tensor | None = None
     image_features: ImageFeatures | None = None

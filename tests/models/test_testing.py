@@ -3,7 +3,7 @@ a backbone that breaks it fails with the check named."""
 
 from __future__ import annotations
 
-import json
+import pickle
 
 import pytest
 import torch
@@ -196,4 +196,5 @@ def test_an_unexpected_exception_is_reported_as_a_failed_check():
     with pytest.raises(BackboneCheckError, match="'text_features' failed.*KeyError") as info:
         check_backbone(Exploding())
     assert isinstance(info.value.__cause__, KeyError)
-    json.dumps(str(info.value))
+    again = pickle.loads(pickle.dumps(info.value))
+    assert (again.check, str(again)) == ("text_features", str(info.value))
