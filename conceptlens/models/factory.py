@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from conceptlens.errors import DeprecatedNameWarning
+from conceptlens._deprecation import warn_renamed
 from conceptlens.models.clip import CLIPBackbone
 from conceptlens.models.conceptclip import ConceptCLIPBackbone
 from conceptlens.models.errors import (
@@ -100,13 +100,9 @@ def demo_weights_dir() -> Path:
         UnknownBackboneError: The demo plugin is not registered (conceptlens is not
             installed, so its entry points are missing).
     """
-    import warnings
-
-    warnings.warn(
-        "conceptlens.models.factory.demo_weights_dir() is deprecated; use "
+    warn_renamed(
+        "conceptlens.models.factory.demo_weights_dir()",
         "conceptlens.demo.DEMO_WEIGHTS_DIR or load_backbone('demo').weights_folder",
-        DeprecatedNameWarning,
-        stacklevel=2,
     )
     spec = BACKBONES.lookup("demo")
     if spec is None:
