@@ -4,7 +4,8 @@
   input x gradient, occlusion, SmoothGrad, Grad-CAM on ViT tokens) of a concept score, a
   bottleneck class or a prompt similarity, returned as an :class:`Attribution` whose
   ``.map`` lies on the original image's pixel grid, converged by default and carrying its
-  evidence (baseline, ``f(baseline)``, steps, completeness gap, verdict);
+  evidence (baseline, ``f(baseline)``, steps, completeness gap, verdict); the methods are a
+  registry (:func:`list_methods`, :mod:`conceptlens.explain.methods`), one function each;
 * :func:`faithfulness_card` -- that evidence plus a deletion check against random maps;
 * :func:`tcav` -- class sensitivity to concepts learned from example images (TCAV, with
   random-concept runs and a significance test);
@@ -26,10 +27,12 @@ from conceptlens.explain.attribution import (
     UnsupportedMethodError,
     attribute,
     concept_maps,
+    list_methods,
 )
 from conceptlens.explain.baselines import BASELINES
 from conceptlens.explain.faithfulness import faithfulness_card
 from conceptlens.explain.targets import (
+    BoundTarget,
     ClassTarget,
     ConceptTarget,
     PromptTarget,
@@ -57,6 +60,7 @@ __all__ = [
     "METHODS",
     "VERDICTS",
     "Attribution",
+    "BoundTarget",
     "ClassTarget",
     "ConceptTarget",
     "PromptTarget",
@@ -69,6 +73,7 @@ __all__ = [
     "attribute",
     "concept_maps",
     "faithfulness_card",
+    "list_methods",
     "metrics",
     "resolve_target",
     "tcav",

@@ -2,9 +2,11 @@
 
 One entry point, :func:`attribute`, in captum's vocabulary (``method``, ``target``,
 ``baselines``, ``n_steps``, ``internal_batch_size``). The target (a concept score, a
-bottleneck class, a prompt; see :mod:`conceptlens.explain.targets`) becomes a differentiable
-``pixels -> (B,)`` function, captum attributes it, and the result is drawn back through the
-squash resize onto the original image.
+bottleneck class, a prompt; see :mod:`conceptlens.explain.targets`) is bound once to the
+scorer and bottleneck and becomes a differentiable ``pixels -> (B,)`` function; the method,
+one function of the registry in :mod:`conceptlens.explain.methods` (:func:`list_methods`),
+attributes it; and the result is drawn back through the squash resize onto the original
+image with its evidence.
 """
 
 from __future__ import annotations
@@ -19,32 +21,21 @@ from typing import Any
 
 import numpy as np
 import torch
-from captum.attr import (
-    GradientShap,
-    InputXGradient,
-    IntegratedGradients,
-    LayerGradCam,
-    NoiseTunnel,
-    Occlusion,
-    Saliency,
-)
-from torch import nn
 
-from conceptlens.errors import BaselineWarning, ConceptlensError, ConvergenceWarning
-from conceptlens.explain.baselines import (
-    BASELINES,
-    BaselineChoice,
-    choose_baseline,
-    scored_baseline,
+from conceptlens.errors import BaselineWarning, ConvergenceWarning
+from conceptlens.explain.baselines import BaselineChoice
+from conceptlens.explain.methods import (
+    METHODS,
+    MethodInputs,
+    UnsupportedMethodError,
+    get_method,
+    grid_of,
+    list_methods,
+    option_defaults,
 )
-from conceptlens.explain.completeness import adaptive_integrated_gradients, judge_completeness
-from conceptlens.explain.targets import (
-    ConceptTarget,
-    Target,
-    TargetError,
-    find_concept,
-    resolve_target,
-)
+from conceptlens.explain.targets import BoundTarget, Target, resolve_target
+from conceptlens.models.images import LoadedImage, load_image, resize_map_to_original
+from conceptlens.vocab.geometry import covered_fraction
 
 __all__ = [
     "METHODS",
@@ -53,48 +44,8 @@ __all__ = [
     "UnsupportedMethodError",
     "attribute",
     "concept_maps",
+    "list_methods",
 ]
-
-METHODS: dict[str, str] = {
-    "integrated_gradients": "captum IntegratedGradients (Sundararajan et al., 2017)",
-    "gradient_shap": "captum GradientShap: expected gradients over baselines + noise",
-    "saliency": "captum Saliency: |d target / d pixel| (Simonyan et al., 2014)",
-    "input_x_gradient": "captum InputXGradient: pixel * gradient",
-    "occlusion": "captum Occlusion: score drop when a sliding window is replaced by the baseline",
-    "smoothgrad": "captum NoiseTunnel (SmoothGrad) over saliency or integrated gradients",
-    "grad_cam": "captum LayerGradCam on a vision-transformer block, tokens reshaped to the patch grid",
-    "concept_map": "the scorer's patch-level map of one concept (no gradients, one forward pass)",
-}
-"""Supported ``method`` names and what they compute."""
-
-_ALIASES = {
-    "ig": "integrated_gradients",
-    "integratedgradients": "integrated_gradients",
-    "gradientshap": "gradient_shap",
-    "shap": "gradient_shap",
-    "saliency": "saliency",
-    "inputxgradient": "input_x_gradient",
-    "occlusion": "occlusion",
-    "smoothgrad": "smoothgrad",
-    "noisetunnel": "smoothgrad",
-    "gradcam": "grad_cam",
-    "layergradcam": "grad_cam",
-    "conceptmap": "concept_map",
-    "patchmap": "concept_map",
-}
-
-
-class UnsupportedMethodError(ConceptlensError, ValueError):
-    """The method is unknown, or the backbone / target cannot support it."""
-
-
-def _method_name(method: str) -> str:
-    if not isinstance(method, str):
-        raise TypeError(f"method must be a string, got {type(method).__name__}")
-    key = method.lower().replace("_", "").replace("-", "").replace(" ", "")
-    if key not in _ALIASES:
-        raise UnsupportedMethodError(f"unknown attribution method {method!r}; choose one of {sorted(METHODS)}")
-    return _ALIASES[key]
 
 
 VERDICTS: dict[str, str] = {
@@ -150,7 +101,7 @@ class Attribution:
         params: The method settings used (window, layer, samples ...).
 
     Examples:
-        >>> a = attribute(backbone, "lesion.png", ClassTarget("melanoma"), scorer=scorer,
+        >>> a = attribute(scorer, "lesion.png", ClassTarget("melanoma"),
         ...               bottleneck=model)                                # doctest: +SKIP
         >>> a.verdict, a.n_steps, a.completeness_gap                       # doctest: +SKIP
         ('converged', 64, 0.003)
@@ -269,9 +220,7 @@ class Attribution:
                 f"<table>{table}</table></div>")
 
 
-def _load(image: Any) -> Any:
-    from conceptlens.models.images import LoadedImage, load_image
-
+def _load(image: Any) -> LoadedImage:
     return image if isinstance(image, LoadedImage) else load_image(image)
 
 
@@ -281,145 +230,68 @@ def _shown(value: Any) -> str:
     return str(value)
 
 
-def _user_baseline(baselines: Any, pixels: torch.Tensor, *, allow_many: bool) -> torch.Tensor:
-    """A user-given number or tensor as an ``(N, 3, H, W)`` baseline batch."""
-    if isinstance(baselines, bool) or not isinstance(baselines, (int, float, torch.Tensor)):
-        raise TypeError(
-            f"baselines must be one of {sorted(BASELINES)}, a number or a tensor; "
-            f"got {type(baselines).__name__}"
-        )
-    if not isinstance(baselines, torch.Tensor):
-        return torch.full_like(pixels.detach(), float(baselines))
-    tensor = baselines.to(device=pixels.device, dtype=pixels.dtype)
-    if tensor.ndim == 3:
-        tensor = tensor[None]
-    if tensor.ndim != 4 or tuple(tensor.shape[1:]) != tuple(pixels.shape[1:]):
-        raise ValueError(f"baselines must have shape (3, H, W) or (N, 3, H, W) = (N, {', '.join(map(str, pixels.shape[1:]))}); "
-                         f"got {tuple(baselines.shape)}")
-    if tensor.shape[0] != 1 and not allow_many:
-        raise ValueError("this method takes one baseline image; got several "
-                         "(integrated_gradients and gradient_shap take several)")
-    return tensor
-
-
-def _resolve_baselines(baselines: Any, default: str, *, allow_many: bool, pixels: torch.Tensor,
-                       forward: Callable[[torch.Tensor], torch.Tensor],
-                       margin: Callable[[torch.Tensor], torch.Tensor] | None,
-                       backbone: Any, original_size: tuple[int, int], seed: int | None) -> BaselineChoice:
-    if baselines is None:
-        baselines = default
-    if isinstance(baselines, str):
-        if baselines not in BASELINES:
-            raise ValueError(f"unknown baseline {baselines!r}; choose one of {sorted(BASELINES)}")
-        if baselines == "expected" and not allow_many:
-            raise ValueError("baselines='expected' averages over several baselines; this method takes one")
-        return choose_baseline(baselines, pixels, forward, margin, backbone=backbone,
-                               original_size=original_size, seed=0 if seed is None else seed)
-    tensor = _user_baseline(baselines, pixels, allow_many=allow_many)
-    name = "tensor" if isinstance(baselines, torch.Tensor) else "number"
-    return scored_baseline(name, tensor, pixels, forward, margin)
-
-
-def _grid_of(backbone: Any) -> tuple[int, int]:
-    return int(backbone.grid_size[0]), int(backbone.grid_size[1])
-
-
 def _covered(backbone: Any) -> tuple[float, float]:
-    from conceptlens.vocab.scorer import covered_fraction
-
-    return covered_fraction(backbone, _grid_of(backbone))
+    return covered_fraction(backbone, grid_of(backbone))
 
 
 def _to_original(values: np.ndarray, original_size: tuple[int, int], covered: tuple[float, float]) -> np.ndarray:
-    from conceptlens.models.images import resize_map_to_original
-
     return resize_map_to_original(values.astype(np.float64), original_size, covered_fraction=covered)
 
 
-class _TokenGrid(nn.Module):
-    """Identity on a ``(B, W, h, w)`` token grid: the layer captum's Grad-CAM hooks."""
-
-    def forward(self, grid: torch.Tensor) -> torch.Tensor:
-        return grid.view_as(grid)
-
-
-def _grid_hook(view: _TokenGrid, prefix: int, grid: tuple[int, int]) -> Callable[..., Any]:
-    """A forward hook that routes a block's patch tokens through ``view`` as a grid and back."""
-
-    def hook(module: nn.Module, inputs: Any, output: Any) -> Any:
-        tokens = output[0] if isinstance(output, tuple) else output
-        b, n, width = tokens.shape
-        if n - prefix != grid[0] * grid[1]:
-            raise UnsupportedMethodError(
-                f"grad_cam: block output has {n} tokens, expected {prefix} prefix + "
-                f"{grid[0]} x {grid[1]} patch tokens"
-            )
-        patches = tokens[:, prefix:].transpose(1, 2).reshape(b, width, *grid)
-        patches = view(patches).flatten(2).transpose(1, 2)
-        tokens = torch.cat([tokens[:, :prefix], patches], dim=1)
-        return (tokens, *output[1:]) if isinstance(output, tuple) else tokens
-
-    return hook
+def _models(model: Any, scorer: Any) -> tuple[Any, Any]:
+    """``(scorer or None, backbone)`` from ``attribute``'s first argument and the deprecated
+    ``scorer=`` keyword."""
+    is_scorer = hasattr(model, "backbone") and hasattr(model, "vocabulary")
+    if scorer is None:
+        return (model, model.backbone) if is_scorer else (None, model)
+    if is_scorer:
+        raise TypeError("attribute() got a scorer twice: pass it once, as the first argument")
+    warnings.warn(
+        "attribute(backbone, image, ..., scorer=scorer) is deprecated: pass the scorer first, "
+        "attribute(scorer, image, ...); the backbone is taken from it",
+        DeprecationWarning, stacklevel=3,
+    )
+    if getattr(scorer, "backbone", model) is not model:
+        raise ValueError("scorer.backbone is not the backbone given: build the scorer on the same backbone")
+    return scorer, model
 
 
-def _select_layer(backbone: Any, layer: Any) -> nn.Module:
-    try:
-        layers = list(backbone.token_layers())
-    except (NotImplementedError, AttributeError) as err:
-        raise UnsupportedMethodError(
-            f"grad_cam needs a vision transformer's token layers, which {type(backbone).__name__} "
-            f"does not expose: {err}"
-        ) from err
-    except Exception as err:  # adapters raise their own errors for unknown layouts
-        raise UnsupportedMethodError(f"grad_cam is not supported for {type(backbone).__name__}: {err}") from err
-    if not layers:
-        raise UnsupportedMethodError(f"{type(backbone).__name__} has no token layers")
-    if layer is None:
-        return layers[-1]
-    if isinstance(layer, int):
-        try:
-            return layers[layer]
-        except IndexError:
-            raise ValueError(f"layer index {layer} out of range for {len(layers)} token layers") from None
-    if isinstance(layer, nn.Module):
-        if not any(layer is m for m in layers):
-            raise ValueError("layer must be one of backbone.token_layers()")
-        return layer
-    raise TypeError(f"layer must be None, an int index or a module, got {type(layer).__name__}")
+def _model_input(backbone: Any, loaded: LoadedImage, pixels: torch.Tensor | None) -> torch.Tensor:
+    """``(1, 3, H, W)`` float32 model input on the backbone's device."""
+    if pixels is None:
+        return backbone.preprocess([loaded.image]).to(backbone.device).float()
+    if not isinstance(pixels, torch.Tensor) or pixels.ndim != 4 or pixels.shape[:2] != (1, 3):
+        raise ValueError(f"pixels must be the (1, 3, H, W) model input of the image from backbone.preprocess; "
+                         f"got {type(pixels).__name__} with shape {tuple(getattr(pixels, 'shape', ()))}")
+    return pixels.detach().to(backbone.device).float()
 
 
-def _float_output(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
-    def forward(pixel_values: torch.Tensor) -> torch.Tensor:
-        out = fn(pixel_values)
-        if out.ndim != 1:
-            raise TargetError(f"target function must return shape (B,), got {tuple(out.shape)}")
-        return out.float()
-
-    return forward
+def _method_options(method: Any, options: dict[str, Any], internal_batch_size: int | None) -> dict[str, Any]:
+    """The options ``method`` takes, after checking every given option as before."""
+    defaults = option_defaults()
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise TypeError(f"attribute() got an unexpected keyword argument {unknown[0]!r}; method options "
+                        f"are {sorted(defaults)} (see conceptlens.explain.methods)")
+    given = {**defaults, **options}
+    _check_settings(given["n_steps"], given["tolerance"], given["max_steps"], internal_batch_size,
+                    given["nt_samples"])
+    return {name: options[name] for name in method.options if name in options}
 
 
 def attribute(
-    backbone: Any,
+    model: Any,
     image: Any,
     target: Any = None,
     method: str = "integrated_gradients",
     *,
-    scorer: Any = None,
     bottleneck: Any = None,
     baselines: Any = "auto",
-    n_steps: int | str = "auto",
-    tolerance: float = 0.05,
-    max_steps: int = 1024,
     internal_batch_size: int | None = None,
-    nt_samples: int = 10,
-    nt_stdevs: float | None = None,
-    nt_base: str = "saliency",
-    sliding_window: int | tuple[int, int] | None = None,
-    strides: int | tuple[int, int] | None = None,
-    layer: int | nn.Module | None = None,
-    relu: bool = True,
-    abs: bool = True,  # noqa: A002 - captum's name
     seed: int | None = 0,
+    pixels: torch.Tensor | None = None,
+    scorer: Any = None,
+    **options: Any,
 ) -> Attribution:
     """Attribute a concept score, a class logit or a prompt similarity to the image's pixels.
 
@@ -431,37 +303,50 @@ def attribute(
     (:class:`~conceptlens.errors.BaselineWarning`).
 
     Args:
-        backbone: The :class:`~conceptlens.models.Backbone` (must match ``scorer.backbone``).
-        image: One image: path, PIL, array, tensor or ``LoadedImage``.
+        model: The :class:`~conceptlens.vocab.ConceptScorer` (its backbone is the one
+            explained; concept and class targets need it), or a bare
+            :class:`~conceptlens.models.Backbone` for prompt targets.
+        image: One image: path, PIL, array, tensor or a
+            :class:`~conceptlens.models.images.LoadedImage` (used as is, never reloaded).
         target: What to explain: a :class:`~conceptlens.explain.ConceptTarget`,
             :class:`~conceptlens.explain.ClassTarget`, :class:`~conceptlens.explain.PromptTarget`
-            or a shorthand string / label (rules in :mod:`conceptlens.explain.targets`).
-        method: One of :data:`METHODS` (captum class names such as ``"IntegratedGradients"``
-            and ``"ig"`` are accepted too).
-        scorer: :class:`~conceptlens.vocab.ConceptScorer`; needed for concept and class targets.
+            or a shorthand string / label (rules in :mod:`conceptlens.explain.targets`;
+            concepts by id, name or synonym, see
+            :meth:`~conceptlens.vocab.ConceptVocabulary.resolve`).
+        method: One of :func:`list_methods` (:data:`METHODS` says what each computes;
+            captum class names such as ``"IntegratedGradients"`` and ``"ig"`` are accepted too).
         bottleneck: A fitted linear concept bottleneck; needed for class targets.
         baselines: Reference input of integrated gradients, occlusion and GradientShap: a
             name from :data:`~conceptlens.explain.baselines.BASELINES` (default ``"auto"``:
             the candidate nearest the decision boundary and not on the input's side, see
             :mod:`conceptlens.explain.baselines`; ``"expected"`` averages over all candidates,
             GradientShap's default), a number, or a ``(3, H, W)`` / ``(N, 3, H, W)`` tensor.
-        n_steps: Integration steps of integrated gradients: ``"auto"`` (start at 32, double
-            until the completeness gap is at most ``tolerance`` or ``max_steps`` is reached)
-            or a fixed positive int. SmoothGrad over IG uses 50 for ``"auto"``.
-        tolerance: Relative completeness gap accepted as converged (Sundararajan et al. 5 %).
-        max_steps: Step budget of ``n_steps="auto"``.
         internal_batch_size: Bound on the inputs per forward/backward pass (IG steps,
             GradientShap and SmoothGrad samples, occlusion windows); ``None`` runs all at once.
-        nt_samples: Noise samples for ``smoothgrad`` and ``gradient_shap``.
-        nt_stdevs: Noise standard deviation (input units); default 15 % of the input range.
-        nt_base: What ``smoothgrad`` averages: ``"saliency"`` or ``"integrated_gradients"``.
-        sliding_window: Occlusion window edge(s) in input pixels (default: one patch).
-        strides: Occlusion strides (default: the window, i.e. non-overlapping).
-        layer: Grad-CAM block: index into ``backbone.token_layers()`` or the module (default: last).
-        relu: Grad-CAM: keep positive evidence only (as in the paper).
-        abs: Saliency: absolute gradients (captum's default).
         seed: Seed for random draws (noise baseline, ``smoothgrad``, ``gradient_shap``;
             ``None``: unseeded).
+        pixels: The ``(1, 3, H, W)`` model input of ``image`` when already computed
+            (``backbone.preprocess([loaded.image])``); skips preprocessing.
+        scorer: Deprecated: pass the scorer as ``model``. ``attribute(backbone, image, ...,
+            scorer=scorer)`` still works, with a ``DeprecationWarning``.
+        **options: The method's own options (table in :mod:`conceptlens.explain.methods`);
+            those of other methods are accepted and ignored, so one set of keywords can
+            serve several methods:
+
+            * ``n_steps``: integration steps of integrated gradients: ``"auto"`` (start at
+              32, double until the completeness gap is at most ``tolerance`` or
+              ``max_steps`` is reached) or a fixed positive int. SmoothGrad over IG uses 50
+              for ``"auto"``.
+            * ``tolerance``: relative completeness gap accepted as converged (default 0.05,
+              Sundararajan et al.'s 5 %); ``max_steps``: step budget of ``"auto"`` (1024).
+            * ``nt_samples`` (10), ``nt_stdevs`` (15 % of the input range): noise samples and
+              standard deviation of ``smoothgrad`` and ``gradient_shap``; ``nt_base``: what
+              ``smoothgrad`` averages, ``"saliency"`` or ``"integrated_gradients"``.
+            * ``sliding_window`` (one patch), ``strides`` (the window): occlusion window and
+              strides in input pixels.
+            * ``layer``: Grad-CAM block, an index into ``backbone.token_layers()`` or the
+              module (default: last); ``relu``: keep positive evidence only (as in the paper).
+            * ``abs``: saliency of absolute gradients (captum's default).
 
     Returns:
         :class:`Attribution` with ``.map`` on the original image's pixel grid and its evidence.
@@ -473,6 +358,7 @@ def attribute(
         TargetError: The target needs a scorer or bottleneck that was not given.
         ScoreSpaceMismatchError: The bottleneck was fitted on scores made differently from
             the scorer's.
+        TypeError: An option no method takes.
 
     References:
         Sundararajan, Taly and Yan, "Axiomatic Attribution for Deep Networks", ICML 2017.
@@ -480,101 +366,52 @@ def attribute(
         Baselines", Distill 2020.
 
     Examples:
-        >>> a = attribute(backbone, "lesion.png", target="C0000001", scorer=scorer,
+        >>> a = attribute(scorer, "lesion.png", target="Blue-whitish veil",
         ...               internal_batch_size=8)                          # doctest: +SKIP
         >>> a.map.shape == (height, width), a.verdict                     # doctest: +SKIP
         (True, 'converged')
     """
-    name = _method_name(method)
-    if scorer is not None and getattr(scorer, "backbone", backbone) is not backbone:
-        raise ValueError("scorer.backbone is not the backbone given: build the scorer on the same backbone")
+    spec = get_method(method)
+    scorer, backbone = _models(model, scorer)
     resolved = resolve_target(target, scorer=scorer, bottleneck=bottleneck)
-    _check_settings(n_steps, tolerance, max_steps, internal_batch_size, nt_samples)
+    chosen = _method_options(spec, options, internal_batch_size)
 
     loaded = _load(image)
-    pixels = backbone.preprocess([loaded.image]).to(backbone.device).float()
+    pixels = _model_input(backbone, loaded, pixels)
     original_size = tuple(loaded.original_size)
+    run = MethodInputs(BoundTarget(resolved, backbone, scorer, bottleneck), pixels, baselines=baselines,
+                       internal_batch_size=internal_batch_size, original_size=original_size, seed=seed)
 
-    if name == "concept_map":
-        return _concept_map_attribution(backbone, scorer, resolved, loaded, pixels, original_size)
-
-    forward = _float_output(resolved.build(backbone, scorer, bottleneck))
-    built_margin = resolved.build_margin(backbone, scorer, bottleneck)
-    margin = None if built_margin is None else _float_output(built_margin)
-    with torch.no_grad():
-        target_value = float(forward(pixels)[0])
-    inputs = pixels.clone().requires_grad_(True)
-    generator_state = torch.random.get_rng_state()
-    if seed is not None:
-        torch.manual_seed(seed)
-    evidence: dict[str, Any] = {}
-    params: dict[str, Any] = {}
-    choice: BaselineChoice | None = None
-
-    def baseline_for(default: str, allow_many: bool) -> BaselineChoice:
-        return _resolve_baselines(baselines, default, allow_many=allow_many, pixels=pixels,
-                                  forward=forward, margin=margin, backbone=backbone,
-                                  original_size=original_size, seed=seed)
-
-    try:
-        if name == "integrated_gradients":
-            choice = baseline_for("auto", allow_many=True)
-            attr, steps, check = adaptive_integrated_gradients(
-                forward, inputs, choice.tensor, input_value=target_value, baseline_values=choice.values,
-                n_steps=n_steps, tolerance=tolerance, max_steps=max_steps,
-                internal_batch_size=internal_batch_size,
-            )
-            evidence = {"n_steps": steps, "convergence_delta": check.delta,
-                        "completeness_gap": check.gap, "converged": check.converged, "tolerance": tolerance}
-            params = {"n_steps": steps, "internal_batch_size": internal_batch_size}
-        elif name == "gradient_shap":
-            choice = baseline_for("expected", allow_many=True)
-            attr, delta = _gradient_shap(forward, inputs, choice.tensor, nt_samples, _noise(nt_stdevs, pixels),
-                                         internal_batch_size)
-            check = judge_completeness(float(attr.detach().double().sum()), target_value, choice.value, tolerance)
-            evidence = {"convergence_delta": delta, "completeness_gap": check.gap, "tolerance": tolerance}
-            params = {"n_samples": nt_samples, "stdevs": _noise(nt_stdevs, pixels),
-                      "internal_batch_size": internal_batch_size}
-        elif name == "saliency":
-            attr = Saliency(forward).attribute(inputs, abs=abs)
-            params = {"abs": abs}
-        elif name == "input_x_gradient":
-            attr = InputXGradient(forward).attribute(inputs)
-        elif name == "occlusion":
-            choice = baseline_for("auto", allow_many=False)
-            window = _pair(sliding_window, _patch(backbone), "sliding_window")
-            stride = _pair(strides, window, "strides")
-            attr = Occlusion(forward).attribute(
-                inputs, sliding_window_shapes=(3, *window), strides=(3, *stride),
-                baselines=choice.tensor, perturbations_per_eval=internal_batch_size or 1,
-            )
-            params = {"sliding_window": window, "strides": stride}
-        elif name == "smoothgrad":
-            if nt_base != "saliency" and _method_name(nt_base) == "integrated_gradients":
-                choice = baseline_for("auto", allow_many=False)
-            attr, params = _smoothgrad(
-                forward, inputs, choice, nt_base, nt_samples, nt_stdevs,
-                50 if n_steps == "auto" else n_steps, internal_batch_size, abs,
-            )
-        elif name == "grad_cam":
-            attr, params = _grad_cam(forward, inputs, backbone, layer, relu)
-        else:  # pragma: no cover - _method_name guards this
-            raise UnsupportedMethodError(name)
-    finally:
+    if not spec.gradients:
+        output = spec.function(run, **chosen)
+    else:
+        forward = run.forward
+        run.margin  # noqa: B018 - built before f(x), as the target's checks expect
+        with torch.no_grad():
+            run.input_value = float(forward(pixels)[0])
+        run.inputs = pixels.clone().requires_grad_(True)
+        generator_state = torch.random.get_rng_state()
         if seed is not None:
-            torch.random.set_rng_state(generator_state)
+            torch.manual_seed(seed)
+        try:
+            output = spec.function(run, **chosen)
+        finally:
+            if seed is not None:
+                torch.random.set_rng_state(generator_state)
 
-    if name == "grad_cam":
-        raw = attr[0, 0].detach().cpu().double().numpy()
+    if output.on_grid:
+        raw = output.attributions[0, 0].detach().cpu().double().numpy()
         mapped = _to_original(raw, original_size, _covered(backbone))
     else:
-        raw = attr[0].detach().cpu().double().numpy()
+        raw = output.attributions[0].detach().cpu().double().numpy()
         mapped = _to_original(raw.sum(axis=0), original_size, (1.0, 1.0))
+    choice = output.baseline
     result = Attribution(
-        raw=raw, map=mapped, method=name, target=resolved, image=loaded.image,
-        pixel_values=pixels.detach(), forward=forward,
+        raw=raw, map=mapped, method=spec.name, target=resolved, image=loaded.image,
+        pixel_values=pixels.detach(), forward=run.forward,
         baselines=None if choice is None else choice.tensor,
-        target_value=target_value, params=params, **evidence, **_baseline_evidence(choice),
+        target_value=output.input_value if output.input_value is not None else run.input_value,
+        params=output.params, **output.evidence, **_baseline_evidence(choice),
     )
     _warn_about(result)
     return result
@@ -625,97 +462,6 @@ def _warn_about(result: Attribution) -> None:
             "explains 'more than the baseline', not 'why'",
             BaselineWarning, stacklevel=3,
         )
-
-
-def _gradient_shap(forward: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor,
-                   baselines: torch.Tensor, nt_samples: int, stdevs: float,
-                   internal_batch_size: int | None) -> tuple[torch.Tensor, float]:
-    explainer = GradientShap(forward)
-    chunk = internal_batch_size or nt_samples
-    total, deltas = None, []
-    for start in range(0, nt_samples, chunk):
-        n = min(chunk, nt_samples - start)
-        part, d = explainer.attribute(inputs, baselines=baselines, n_samples=n, stdevs=stdevs,
-                                      return_convergence_delta=True)
-        total = part * n if total is None else total + part * n
-        deltas.append(d.detach())
-    assert total is not None
-    return total / nt_samples, float(torch.cat(deltas).mean())
-
-
-def _grad_cam(forward: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, backbone: Any,
-              layer: Any, relu: bool) -> tuple[torch.Tensor, dict[str, Any]]:
-    block = _select_layer(backbone, layer)
-    view = _TokenGrid()
-    handle = block.register_forward_hook(
-        _grid_hook(view, int(getattr(backbone, "num_prefix_tokens", 0) or 0), _grid_of(backbone))
-    )
-    try:
-        attr = LayerGradCam(forward, view).attribute(inputs, relu_attributions=relu)
-    finally:
-        handle.remove()
-    return attr, {"layer": layer if layer is not None else -1, "relu": relu}
-
-
-def _noise(nt_stdevs: float | None, pixels: torch.Tensor) -> float:
-    if nt_stdevs is None:
-        return 0.15 * float(pixels.detach().max() - pixels.detach().min())
-    if nt_stdevs < 0:
-        raise ValueError(f"nt_stdevs must be >= 0, got {nt_stdevs}")
-    return float(nt_stdevs)
-
-
-def _patch(backbone: Any) -> int:
-    from conceptlens.vocab.scorer import patch_size_of
-
-    return max(1, patch_size_of(backbone, _grid_of(backbone))[0])
-
-
-def _pair(value: Any, default: Any, what: str) -> tuple[int, int]:
-    if value is None:
-        value = default
-    if isinstance(value, int):
-        value = (value, value)
-    out = tuple(int(v) for v in value)
-    if len(out) != 2 or min(out) < 1:
-        raise ValueError(f"{what} must be a positive int or (height, width), got {value!r}")
-    return out  # type: ignore[return-value]
-
-
-def _smoothgrad(forward, pixels, choice, nt_base, nt_samples, nt_stdevs, n_steps, internal_batch_size,
-                abs_) -> tuple[torch.Tensor, dict[str, Any]]:
-    base = _method_name(nt_base)
-    stdevs = _noise(nt_stdevs, pixels)
-    if base == "saliency":
-        tunnel = NoiseTunnel(Saliency(forward))
-        attr = tunnel.attribute(pixels, nt_type="smoothgrad", nt_samples=nt_samples, stdevs=stdevs,
-                                nt_samples_batch_size=internal_batch_size, abs=abs_)
-    elif base == "integrated_gradients":
-        tunnel = NoiseTunnel(IntegratedGradients(forward))
-        attr = tunnel.attribute(pixels, nt_type="smoothgrad", nt_samples=nt_samples, stdevs=stdevs,
-                                nt_samples_batch_size=1, baselines=choice.tensor,
-                                n_steps=n_steps, internal_batch_size=internal_batch_size)
-    else:
-        raise UnsupportedMethodError(f"smoothgrad averages 'saliency' or 'integrated_gradients', not {nt_base!r}")
-    return attr, {"nt_base": base, "nt_samples": nt_samples, "stdevs": stdevs, "n_steps": n_steps}
-
-
-def _concept_map_attribution(backbone, scorer, target, loaded, pixels, original_size) -> Attribution:
-    if not isinstance(target, ConceptTarget):
-        raise UnsupportedMethodError("method 'concept_map' explains a ConceptTarget only")
-    if scorer is None:
-        raise TargetError("method 'concept_map' needs scorer=...")
-    index, concept_id = find_concept(scorer, target.concept)
-    with torch.no_grad():
-        patch = scorer.patch_scores_tensor(pixels)[0, index]
-        value = float(scorer.score_tensor(pixels)[0, index])
-    raw = patch.reshape(_grid_of(backbone)).detach().cpu().double().numpy()
-    return Attribution(
-        raw=raw, map=_to_original(raw, original_size, _covered(backbone)), method="concept_map",
-        target=target, image=loaded.image, pixel_values=pixels.detach(),
-        forward=_float_output(target.build(backbone, scorer)), target_value=value,
-        params={"calibration": getattr(getattr(scorer, "config", None), "calibration", None)},
-    )
 
 
 def concept_maps(scorer: Any, image: Any, concepts: Any = None) -> Any:

@@ -29,6 +29,7 @@ from conceptlens.errors import ConceptlensError, UnknownClassError, UnknownConce
 from conceptlens.vocab.vocabulary import match_concept
 
 __all__ = [
+    "BoundTarget",
     "ClassTarget",
     "ConceptTarget",
     "PromptTarget",
@@ -135,12 +136,79 @@ class Target(ABC):
         """
         return None
 
+    def bind(self, backbone: Any, scorer: Any = None, bottleneck: Any = None) -> BoundTarget:
+        """This target tied, once, to the models it is computed with.
+
+        Parameters
+        ----------
+        backbone : Backbone
+            The backbone (``scorer.backbone`` when there is a scorer).
+        scorer : ConceptScorer, optional
+            Needed by concept and class targets.
+        bottleneck : object, optional
+            A fitted bottleneck, needed by class targets.
+
+        Returns
+        -------
+        BoundTarget
+            Builds the target function and its margin once, on first use.
+
+        Raises
+        ------
+        TargetError
+            The target needs a scorer or bottleneck that was not given.
+        """
+        self._require(scorer, bottleneck)
+        return BoundTarget(self, backbone, scorer, bottleneck)
+
     def _require(self, scorer: Any, bottleneck: Any) -> None:
         what = type(self).__name__
         if self.needs_scorer and scorer is None:
             raise TargetError(f"{what} needs a ConceptScorer: pass scorer=...")
         if self.needs_bottleneck and bottleneck is None:
             raise TargetError(f"{what} needs a fitted bottleneck: pass bottleneck=...")
+
+
+class BoundTarget:
+    """A :class:`Target` bound to its backbone, scorer and bottleneck (see :meth:`Target.bind`).
+
+    Attributes
+    ----------
+    target : Target
+        What is explained.
+    backbone, scorer, bottleneck
+        The models it is computed with.
+    """
+
+    def __init__(self, target: Target, backbone: Any, scorer: Any = None, bottleneck: Any = None) -> None:
+        self.target = target
+        self.backbone = backbone
+        self.scorer = scorer
+        self.bottleneck = bottleneck
+        self._function: TargetFunction | None = None
+        self._margin: tuple[TargetFunction | None] | None = None
+
+    @property
+    def function(self) -> TargetFunction:
+        """The differentiable ``(B, 3, H, W) -> (B,)`` target function (built once)."""
+        if self._function is None:
+            self._function = self.target.build(self.backbone, self.scorer, self.bottleneck)
+        return self._function
+
+    @property
+    def margin(self) -> TargetFunction | None:
+        """The signed distance to the target's decision boundary, or ``None`` (built once;
+        see :meth:`Target.build_margin`)."""
+        if self._margin is None:
+            self._margin = (self.target.build_margin(self.backbone, self.scorer, self.bottleneck),)
+        return self._margin[0]
+
+    def describe(self) -> str:
+        """The target's label (:meth:`Target.describe`)."""
+        return self.target.describe()
+
+    def __repr__(self) -> str:
+        return f"BoundTarget({self.target!r})"
 
 
 @dataclass(frozen=True)

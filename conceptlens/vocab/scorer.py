@@ -87,6 +87,7 @@ import torch
 import torch.nn.functional as F
 
 from conceptlens.models.base import Backbone
+from conceptlens.models.images import LoadedImage
 from conceptlens.vocab.batching import FeatureBatch, auto_batch_size, iter_feature_batches
 from conceptlens.vocab.cache import FeatureCache, patch_mean_of
 from conceptlens.vocab.examples import apply_learned_vectors
@@ -100,7 +101,7 @@ from conceptlens.vocab.input_checks import (
 from conceptlens.vocab.maps import ConceptMaps
 from conceptlens.vocab.reference import EmbeddingReference, default_reference
 from conceptlens.vocab.scores import ConceptScores
-from conceptlens.vocab.sources import iter_image_sources
+from conceptlens.vocab.sources import ImageSource, iter_image_sources
 from conceptlens.vocab.textbank import (
     TextBank,
     TextBankStore,
@@ -809,13 +810,21 @@ class ConceptScorer:
 
     # -- maps -----------------------------------------------------------------------------
 
-    def concept_maps(self, image: Any, concepts: str | Sequence[str] | None = None) -> ConceptMaps:
+    def concept_maps(self, image: Any, concepts: str | Sequence[str] | None = None, *,
+                     features: Any = None) -> ConceptMaps:
         """Patch-level maps of one image for several concepts, from one image-tower pass.
 
         Args:
-            image: One image (path, PIL, array, tensor).
+            image: One image: path, PIL, array, tensor, an
+                :class:`~conceptlens.vocab.sources.ImageSource` or a
+                :class:`~conceptlens.models.images.LoadedImage` (used as is, never reloaded).
             concepts: Concept ids, preferred names or synonyms, case-insensitive (one or a
                 list; see :meth:`ConceptVocabulary.resolve`); ``None`` for all.
+            features: The image's features when already computed: the
+                :class:`~conceptlens.models.ImageFeatures` of
+                ``backbone.encode_images(pixels)`` for this one image (or a one-image
+                :class:`~conceptlens.vocab.batching.FeatureBatch` with patch tokens). Then
+                no forward pass runs and the feature store is not read.
 
         Returns:
             ConceptMaps: ``(K, grid_h, grid_w)`` maps (values as in
@@ -828,34 +837,39 @@ class ConceptScorer:
             ImageLoadError: The image cannot be read.
         """
         indices = self._concept_indices(concepts)
-        sources = iter_image_sources(image)
-        first = next(sources, None)
-        if first is None or next(sources, None) is not None:
-            raise ValueError("concept_maps takes exactly one image")
-        loaded = first.load()
-        errors: list[dict[str, str]] = []
-        batches = list(iter_feature_batches(
-            self.backbone, {first.image_id: loaded.image}, batch_size=1, cache=self.cache,
-            progress=False, errors=errors, num_workers=0,
-        ))
-        if not batches:
-            raise ValueError(f"cannot compute features of image {first.image_id!r}: {errors[0]['reason']}")
-        batch = batches[0]
+        source = _one_source(image)
+        loaded = source.load()
+        if features is None:
+            # the loaded image goes through the feature pipeline as it is; a file the feature
+            # store knows by path and modification time is not hashed again
+            kept = replace(source, load=lambda: loaded)
+            errors: list[dict[str, str]] = []
+            batches = list(iter_feature_batches(
+                self.backbone, [kept], batch_size=1, cache=self.cache, progress=False,
+                errors=errors, num_workers=0,
+            ))
+            if not batches:
+                raise ValueError(f"cannot compute features of image {source.image_id!r}: {errors[0]['reason']}")
+            features = batches[0]
+        patches = getattr(features, "patch_embeds", None)
+        if patches is None or patches.ndim != 3 or patches.shape[0] != 1:
+            raise ValueError("features must hold the patch tokens (1, P, D) of this one image "
+                             "(backbone.encode_images(pixels) of a (1, 3, H, W) input)")
+        grid = (int(features.grid_size[0]), int(features.grid_size[1]))
         with torch.no_grad():
-            patch = self._patch_scores_from_features(batch.patch_embeds)[0, indices]
-            scores = self._scores_from_features(batch.global_embeds, batch.patch_embeds,
-                                                batch.patch_mean)[0, indices]
-        grid_h, grid_w = batch.grid_size
+            patch = self._patch_scores_from_features(patches)[0, indices]
+            scores = self._scores_from_features(features.global_embeds, patches,
+                                                getattr(features, "patch_mean", None))[0, indices]
         ids = self.concept_ids
         names = self.concept_names
         return ConceptMaps(
             image=loaded.image,
-            image_id=first.image_id,
+            image_id=source.image_id,
             concept_ids=[ids[i] for i in indices],
             names=[names[ids[i]] for i in indices],
-            maps=patch.reshape(len(indices), grid_h, grid_w).float().cpu().numpy(),
+            maps=patch.reshape(len(indices), *grid).float().cpu().numpy(),
             scores=scores.float().cpu().numpy(),
-            covered_fraction=covered_fraction(self.backbone, batch.grid_size),
+            covered_fraction=covered_fraction(self.backbone, grid),
             calibration=self.config.calibration,
             config=self.config.to_dict(),
         )
@@ -893,6 +907,18 @@ class ScoredFile:
     n_images: int
     errors: pd.DataFrame
     warnings: pd.DataFrame
+
+
+def _one_source(image: Any) -> ImageSource:
+    """The :class:`ImageSource` of exactly one image (a ``LoadedImage`` is kept as it is)."""
+    if isinstance(image, LoadedImage):
+        name = image.source if not image.source.startswith("<") else "image_0"
+        return ImageSource(name, lambda: image)
+    sources = iter_image_sources(image)
+    first = next(sources, None)
+    if first is None or next(sources, None) is not None:
+        raise ValueError("concept_maps takes exactly one image")
+    return first
 
 
 def _warn_flagged(found: pd.DataFrame, n_scored: int) -> None:

@@ -57,7 +57,7 @@ def bottleneck(scorer, vocab):
 
 
 def test_ig_completeness_gap_below_one_percent(backbone, scorer, vocab, image):
-    a = attribute(backbone, image, ConceptTarget(vocab.ids[1]), scorer=scorer, tolerance=0.01,
+    a = attribute(scorer, image, ConceptTarget(vocab.ids[1]), tolerance=0.01,
                   internal_batch_size=32, baselines="blur")
     assert a.converged and a.verdict == "converged" and a.n_steps >= 32
     assert isinstance(a, Attribution) and a.method == "integrated_gradients"
@@ -73,14 +73,14 @@ def test_ig_completeness_gap_below_one_percent(backbone, scorer, vocab, image):
 
 def test_class_attribution_is_weighted_sum_of_concept_attributions(backbone, scorer, vocab, image, bottleneck):
     label = "nev"
-    cls = attribute(backbone, image, ClassTarget(label), scorer=scorer, bottleneck=bottleneck, n_steps=16,
+    cls = attribute(scorer, image, ClassTarget(label), bottleneck=bottleneck, n_steps=16,
                     baselines="black")
     row = list(bottleneck.classes_).index(label)
     weights = bottleneck.coef_[row]
     assert np.count_nonzero(weights) >= 2
     combined = np.zeros_like(cls.raw)
     for cid, w in zip(bottleneck.feature_names_in_, weights, strict=True):
-        concept = attribute(backbone, image, ConceptTarget(str(cid)), scorer=scorer, n_steps=16,
+        concept = attribute(scorer, image, ConceptTarget(str(cid)), n_steps=16,
                             baselines="black")
         combined += w * concept.raw
     np.testing.assert_allclose(cls.raw, combined, rtol=1e-3, atol=1e-4 * np.abs(combined).max())
@@ -91,11 +91,11 @@ def test_class_attribution_is_weighted_sum_of_concept_attributions(backbone, sco
 
 
 def test_string_shorthand_resolves_class_then_concept(backbone, scorer, vocab, image, bottleneck):
-    a = attribute(backbone, image, "mel", method="saliency", scorer=scorer, bottleneck=bottleneck)
+    a = attribute(scorer, image, "mel", method="saliency", bottleneck=bottleneck)
     assert isinstance(a.target, ClassTarget)
-    b = attribute(backbone, image, "blue whitish veil", method="saliency", scorer=scorer)
+    b = attribute(scorer, image, "blue whitish veil", method="saliency")
     assert b.target == ConceptTarget("blue whitish veil")
-    c = attribute(backbone, image, "prompt:a mole", method="saliency", scorer=scorer)
+    c = attribute(scorer, image, "prompt:a mole", method="saliency")
     assert c.target.describe() == "prompt 'a mole'"
 
 
@@ -112,14 +112,14 @@ def test_string_shorthand_resolves_class_then_concept(backbone, scorer, vocab, i
     ],
 )
 def test_methods_shapes(backbone, scorer, vocab, image, method, kwargs, raw_shape):
-    a = attribute(backbone, image, vocab.ids[0], method=method, scorer=scorer, **kwargs)
+    a = attribute(scorer, image, vocab.ids[0], method=method, **kwargs)
     assert a.raw.shape == raw_shape
     assert a.map.shape == (48, 80)
     assert np.isfinite(a.map).all() and np.abs(a.raw).max() > 0
 
 
 def test_patch_maps_land_on_the_right_part_of_the_original_image(backbone, scorer, vocab, image):
-    a = attribute(backbone, image, vocab.ids[0], method="concept_map", scorer=scorer)
+    a = attribute(scorer, image, vocab.ids[0], method="concept_map")
     i, j = np.unravel_index(np.argmax(a.raw), a.raw.shape)
     y, x = np.unravel_index(np.argmax(a.map), a.map.shape)
     # cell (i, j) of the 8 x 8 grid covers rows [i, i+1) * 48/8 and cols [j, j+1) * 80/8
@@ -131,7 +131,7 @@ def test_occluding_the_mapped_region_lowers_the_score_most(image):
     scorer = ConceptScorer(backbone, vocabulary(), mode="local", aggregation="mean", calibration="cosine",
                            progress=False)
     concept = scorer.concept_ids[2]
-    a = attribute(backbone, image, concept, method="concept_map", scorer=scorer)
+    a = attribute(scorer, image, concept, method="concept_map")
     pixels = a.pixel_values
     k = 16  # a quarter of the 64 patches
 
@@ -158,7 +158,7 @@ def test_occluding_the_mapped_region_lowers_the_score_most(image):
 def test_randomization_check_gives_lower_similarity(vocab, image):
     def explain(bb):
         sc = ConceptScorer(bb, vocab, progress=False)
-        return attribute(bb, image, vocab.ids[0], method="saliency", scorer=sc).map
+        return attribute(sc, image, vocab.ids[0], method="saliency").map
 
     backbone = tiny_backbone()
     result = randomization_check(explain, backbone, 2)
@@ -170,17 +170,17 @@ def test_randomization_check_gives_lower_similarity(vocab, image):
 
 def test_bad_inputs(backbone, scorer, vocab, image, bottleneck):
     with pytest.raises(UnknownConceptError, match="no such concept"):
-        attribute(backbone, image, ConceptTarget("no such concept"), scorer=scorer)
+        attribute(scorer, image, ConceptTarget("no such concept"))
     with pytest.raises(UnknownConceptError, match="typo"):
-        attribute(backbone, image, "typo", scorer=scorer)
+        attribute(scorer, image, "typo")
     with pytest.raises(UnknownClassError, match="'cat'"):
-        attribute(backbone, image, ClassTarget("cat"), scorer=scorer, bottleneck=bottleneck)
+        attribute(scorer, image, ClassTarget("cat"), bottleneck=bottleneck)
     with pytest.raises(TargetError, match="scorer"):
         attribute(backbone, image, ConceptTarget(vocab.ids[0]))
     with pytest.raises(UnsupportedMethodError, match="unknown attribution method"):
-        attribute(backbone, image, vocab.ids[0], method="lime", scorer=scorer)
+        attribute(scorer, image, vocab.ids[0], method="lime")
     with pytest.raises(ValueError, match="baselines must have shape"):
-        attribute(backbone, image, vocab.ids[0], scorer=scorer, baselines=torch.zeros(3, 8, 8))
+        attribute(scorer, image, vocab.ids[0], baselines=torch.zeros(3, 8, 8))
 
 
 def test_grad_cam_unsupported_backbone(scorer, vocab, image, monkeypatch):
@@ -191,11 +191,11 @@ def test_grad_cam_unsupported_backbone(scorer, vocab, image, monkeypatch):
 
     monkeypatch.setattr(backbone, "token_layers", no_layers)
     with pytest.raises(UnsupportedMethodError, match="token layers"):
-        attribute(backbone, image, vocab.ids[0], method="grad_cam", scorer=scorer)
+        attribute(scorer, image, vocab.ids[0], method="grad_cam")
 
 
 def test_plot_and_html(backbone, scorer, vocab, image, tmp_path):
-    a = attribute(backbone, image, vocab.ids[0], method="saliency", scorer=scorer)
+    a = attribute(scorer, image, vocab.ids[0], method="saliency")
     fig = a.plot()
     assert fig.axes[0].get_title().startswith("saliency")
     html = a._repr_html_()
@@ -210,3 +210,58 @@ def test_concept_maps_for_many_concepts_plot_one_panel_each(scorer, vocab, image
     fig = plot_concept_maps(maps, ncols=2)
     assert len(fig.axes) == 3
     assert [ax.get_title() for ax in fig.axes] == [vocab.names[c] for c in vocab.ids[:3]]
+
+
+def test_methods_are_a_registry_with_their_own_options():
+    from conceptlens.explain import METHODS, list_methods
+    from conceptlens.explain.methods import get_method
+
+    assert list_methods() == sorted(METHODS) == sorted([
+        "integrated_gradients", "gradient_shap", "saliency", "input_x_gradient", "occlusion",
+        "smoothgrad", "grad_cam", "concept_map"])
+    assert get_method("IntegratedGradients") is get_method("ig")
+    assert get_method("LayerGradCam").name == "grad_cam"
+    assert set(get_method("integrated_gradients").options) == {"n_steps", "tolerance", "max_steps"}
+    assert set(get_method("occlusion").options) == {"sliding_window", "strides"}
+    assert get_method("input_x_gradient").options == {}
+    assert not get_method("concept_map").gradients
+
+
+def test_an_option_no_method_takes_is_refused_and_others_are_ignored(scorer, vocab, image):
+    with pytest.raises(TypeError, match="'n_step'"):
+        attribute(scorer, image, vocab.ids[0], method="saliency", n_step=8)
+    # one set of keywords serves several methods: saliency ignores n_steps, as before
+    a = attribute(scorer, image, vocab.ids[0], method="saliency", n_steps=8, nt_samples=3)
+    assert a.params == {"abs": True}
+    with pytest.raises(ValueError, match="nt_samples"):  # still checked for every method
+        attribute(scorer, image, vocab.ids[0], method="saliency", nt_samples=0)
+
+
+def test_backbone_plus_scorer_still_works_with_a_deprecation_warning(backbone, scorer, vocab, image):
+    new = attribute(scorer, image, vocab.ids[0], method="saliency")
+    with pytest.warns(DeprecationWarning, match=r"attribute\(scorer, image"):
+        old = attribute(backbone, image, vocab.ids[0], method="saliency", scorer=scorer)
+    np.testing.assert_array_equal(old.raw, new.raw)
+    with pytest.raises(TypeError, match="twice"):
+        attribute(scorer, image, vocab.ids[0], scorer=scorer)
+    other = tiny_backbone()
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="same backbone"):
+        attribute(other, image, vocab.ids[0], scorer=scorer)
+
+
+def test_given_pixels_and_loaded_image_are_used_as_they_are(scorer, vocab, image, monkeypatch):
+    from conceptlens.models.images import load_image
+
+    loaded = load_image(image)
+    pixels = scorer.backbone.preprocess([loaded.image])
+    expected = attribute(scorer, loaded, vocab.ids[0], method="saliency")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("preprocessed again")
+
+    monkeypatch.setattr(scorer.backbone, "preprocess", refuse)
+    again = attribute(scorer, loaded, vocab.ids[0], method="saliency", pixels=pixels)
+    np.testing.assert_array_equal(again.raw, expected.raw)
+    assert again.image is loaded.image
+    with pytest.raises(ValueError, match=r"\(1, 3, H, W\)"):
+        attribute(scorer, loaded, vocab.ids[0], method="saliency", pixels=pixels[0])

@@ -66,7 +66,7 @@ def test_defaults_converge_with_the_right_sign_on_fresh_images(backbone, scorer,
     for image in fresh_images:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            a = attribute(backbone, image, ClassTarget("melanoma"), scorer=scorer, bottleneck=model)
+            a = attribute(scorer, image, ClassTarget("melanoma"), bottleneck=model)
         total = float(a.raw.sum())
         difference = a.input_value - a.baseline_value
         assert total == pytest.approx(difference + a.convergence_delta, rel=1e-6, abs=1e-6)
@@ -80,7 +80,7 @@ def test_defaults_converge_with_the_right_sign_on_fresh_images(backbone, scorer,
 
 def test_unconverged_call_warns_and_says_so(backbone, scorer, bottleneck, fresh_images):
     with pytest.warns(ConvergenceWarning, match="did not converge"):
-        a = attribute(backbone, fresh_images[0], ClassTarget("melanoma"), scorer=scorer,
+        a = attribute(scorer, fresh_images[0], ClassTarget("melanoma"),
                       bottleneck=bottleneck, baselines="black", n_steps=2)
     assert a.converged is False and a.verdict == "not converged" and a.n_steps == 2
     assert a.completeness_gap > 0.05
@@ -88,7 +88,7 @@ def test_unconverged_call_warns_and_says_so(backbone, scorer, bottleneck, fresh_
 
 def test_auto_steps_stop_at_the_budget_and_warn(backbone, scorer, bottleneck, fresh_images):
     with pytest.warns(ConvergenceWarning):
-        a = attribute(backbone, fresh_images[1], ClassTarget("melanoma"), scorer=scorer,
+        a = attribute(scorer, fresh_images[1], ClassTarget("melanoma"),
                       bottleneck=bottleneck, baselines="black", max_steps=4, tolerance=1e-6)
     assert a.n_steps == 4
 
@@ -103,7 +103,7 @@ def test_auto_baseline_is_not_on_the_inputs_side(backbone, scorer, bottleneck, f
     for image in fresh_images[:4]:
         with warnings.catch_warnings():
             warnings.simplefilter("error", BaselineWarning)
-            a = attribute(backbone, image, ClassTarget("melanoma"), scorer=scorer,
+            a = attribute(scorer, image, ClassTarget("melanoma"),
                           bottleneck=bottleneck, n_steps=8)
         opposite = [v for v in a.baseline_candidates.values() if np.sign(v) != np.sign(a.input_value)]
         if opposite:  # auto picks the candidate nearest the boundary on the other side
@@ -113,13 +113,13 @@ def test_auto_baseline_is_not_on_the_inputs_side(backbone, scorer, bottleneck, f
 
 def test_baseline_on_the_inputs_side_warns(backbone, scorer, bottleneck, fresh_images):
     # the mid-grey "zero" image is scored as a confident melanoma by the demo chain
-    zero = attribute(backbone, fresh_images[0], ClassTarget("melanoma"), scorer=scorer,
+    zero = attribute(scorer, fresh_images[0], ClassTarget("melanoma"),
                      bottleneck=bottleneck, baselines="zero", n_steps=4, method="occlusion")
     assert zero.baseline_value > 0
     melanoma_like = [im for im in fresh_images if _input_margin(bottleneck, scorer, backbone, im) > 0]
     assert melanoma_like
     with pytest.warns(BaselineWarning, match="same side"):
-        a = attribute(backbone, melanoma_like[0], ClassTarget("melanoma"), scorer=scorer,
+        a = attribute(scorer, melanoma_like[0], ClassTarget("melanoma"),
                       bottleneck=bottleneck, baselines="zero")
     assert a.baseline_same_side is True
     assert a.verdict in ("baseline on the same side of the decision", "not converged")
@@ -128,7 +128,7 @@ def test_baseline_on_the_inputs_side_warns(backbone, scorer, bottleneck, fresh_i
 def test_baseline_equal_to_the_input_is_ill_conditioned(backbone, scorer, bottleneck, fresh_images):
     pixels = backbone.preprocess([fresh_images[2]]).float()
     with pytest.warns(BaselineWarning, match="nearly equal"):
-        a = attribute(backbone, fresh_images[2], ClassTarget("melanoma"), scorer=scorer,
+        a = attribute(scorer, fresh_images[2], ClassTarget("melanoma"),
                       bottleneck=bottleneck, baselines=pixels[0], n_steps=4)
     assert a.baseline == "tensor" and a.completeness_gap is None
     assert a.verdict == "baseline scored like the input"
@@ -138,7 +138,7 @@ def test_baseline_equal_to_the_input_is_ill_conditioned(backbone, scorer, bottle
 def test_expected_baselines_average_and_keep_completeness(backbone, scorer, bottleneck, fresh_images):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        a = attribute(backbone, fresh_images[3], ClassTarget("melanoma"), scorer=scorer,
+        a = attribute(scorer, fresh_images[3], ClassTarget("melanoma"),
                       bottleneck=bottleneck, baselines="expected", max_steps=256)
     assert a.baselines.shape[0] == len(a.baseline_candidates) == 6
     assert a.baseline_value == pytest.approx(np.mean(list(a.baseline_candidates.values())))
@@ -146,16 +146,16 @@ def test_expected_baselines_average_and_keep_completeness(backbone, scorer, bott
 
 
 def test_concept_target_with_probabilities_checks_its_side(backbone, scorer, fresh_images):
-    a = attribute(backbone, fresh_images[4], ConceptTarget(scorer.vocabulary.ids[0]), scorer=scorer)
+    a = attribute(scorer, fresh_images[4], ConceptTarget(scorer.vocabulary.ids[0]))
     assert a.baseline_same_side is not None  # sigmoid scores have a threshold at 0.5
     cosine = scorer.with_config(calibration="cosine")
-    b = attribute(backbone, fresh_images[4], ConceptTarget(cosine.vocabulary.ids[0]), scorer=cosine)
+    b = attribute(cosine, fresh_images[4], ConceptTarget(cosine.vocabulary.ids[0]))
     assert b.baseline_same_side is None
     assert b.baseline_value == pytest.approx(min(b.baseline_candidates.values()))
 
 
 def test_faithfulness_card_holds_every_number(backbone, scorer, bottleneck, fresh_images):
-    a = attribute(backbone, fresh_images[5], ClassTarget("melanoma"), scorer=scorer, bottleneck=bottleneck)
+    a = attribute(scorer, fresh_images[5], ClassTarget("melanoma"), bottleneck=bottleneck)
     card = faithfulness_card(a, steps=10, n_random=2)
     for key in ("method", "baseline", "baseline_value", "input_value", "n_steps", "completeness_gap",
                 "convergence_delta", "deletion_auc", "random_deletion_auc", "deletion_ratio", "verdict"):
@@ -165,7 +165,7 @@ def test_faithfulness_card_holds_every_number(backbone, scorer, bottleneck, fres
 
 
 def test_saliency_has_no_completeness_check(backbone, scorer, fresh_images):
-    a = attribute(backbone, fresh_images[0], scorer.vocabulary.ids[0], method="saliency", scorer=scorer)
+    a = attribute(scorer, fresh_images[0], scorer.vocabulary.ids[0], method="saliency")
     assert a.converged is None and a.baseline is None and a.verdict == "no completeness check"
 
 
@@ -174,7 +174,7 @@ def test_saliency_has_no_completeness_check(backbone, scorer, fresh_images):
                                  {"baselines": [1, 2]}])
 def test_bad_settings_are_named(backbone, scorer, fresh_images, bad):
     with pytest.raises((ValueError, TypeError), match=next(iter(bad)) if "baselines" not in bad else "baseline"):
-        attribute(backbone, fresh_images[0], scorer.vocabulary.ids[0], scorer=scorer, **bad)
+        attribute(scorer, fresh_images[0], scorer.vocabulary.ids[0], **bad)
 
 
 def test_judge_completeness_cases():
@@ -211,7 +211,7 @@ def test_mismatched_scorer_raises(backbone, scorer, logit_bottleneck, fresh_imag
     other = scorer.with_config(**change)
     key = next(iter(change))
     with pytest.raises(ScoreSpaceMismatchError, match=key):
-        attribute(backbone, fresh_images[0], ClassTarget("melanoma"), scorer=other,
+        attribute(other, fresh_images[0], ClassTarget("melanoma"),
                   bottleneck=logit_bottleneck, method="saliency")
     with pytest.raises(ScoreSpaceMismatchError, match=key):
         logit_bottleneck.predict(other.score({"x.png": fresh_images[0]}))

@@ -69,3 +69,22 @@ def test_scorer_maps_follow_a_planted_region(vocabulary):
     with_patch = scorer.concept_maps(Image.fromarray(planted), "streaks").maps[0]
     changed = np.argwhere(~np.isclose(base, with_patch))
     assert changed.size and (changed <= 1).all()  # only the top-left 2x2 patches changed
+
+
+def test_concept_maps_and_attribute_resolve_concepts_the_same_way(backbone, vocabulary):
+    from conceptlens.errors import UnknownConceptError
+    from conceptlens.explain import attribute
+
+    scorer = ConceptScorer(backbone, vocabulary, progress=False, reference=None)
+    image = make_image(3)
+    by_id = scorer.concept_maps(image, ["t:network", "t:veil"])
+    by_name = scorer.concept_maps(image, ["Pigment Network", "Blue-White Veil"])
+    assert by_name.concept_ids == ["t:network", "t:veil"]
+    np.testing.assert_array_equal(by_name.maps, by_id.maps)
+    assert by_name.index("PIGMENT NETWORK") == 0
+    mapped = attribute(scorer, image, "Pigment Network", method="concept_map")
+    np.testing.assert_array_equal(mapped.raw, by_id.maps[0])
+    for lookup in (lambda key: scorer.concept_maps(image, key),
+                   lambda key: attribute(scorer, image, key, method="concept_map")):
+        with pytest.raises(UnknownConceptError, match="did you mean 'pigment network'"):
+            lookup("pigment netwrk")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -45,8 +46,22 @@ def explain_items(
     n_steps: int | str = "auto",
     internal_batch_size: int | None = 8,
     max_images: int | None = 20,
+    scores: Any = None,
 ) -> tuple[list[ImageExplanation], Any]:
     """Compute the per-image explanations that :func:`explain_images` renders.
+
+    Each image is loaded once: the scoring pass keeps the images it loads for the first
+    ``max_images``, and their concept maps and attributions are computed from that same
+    :class:`~conceptlens.models.images.LoadedImage`, its model input and its features (one
+    forward pass for the maps, none repeated by :func:`~conceptlens.explain.attribute`).
+    Scoring with DataLoader workers (large inputs) loads in the workers, so the explained
+    images are loaded once more here.
+
+    Args:
+        scorer, images, bottleneck, method, top_k, n_steps, internal_batch_size, max_images:
+            As :func:`explain_images`.
+        scores: The images' :class:`~conceptlens.vocab.ConceptScores` when already
+            computed with this scorer; then nothing is scored again.
 
     Returns:
         ``(explanations, scores)``: one :class:`ImageExplanation` per explained image and the
@@ -56,13 +71,18 @@ def explain_items(
     from conceptlens.explain.faithfulness import faithfulness_card
     from conceptlens.vocab.sources import iter_image_sources
 
-    scores = scorer.score(images)
+    sources = {source.image_id: source for source in iter_image_sources(images)}
+    kept = _KeptImages(max_images or None)
+    if scores is None:
+        scores = scorer.score([kept.wrap(source) for source in sources.values()])
     if len(scores) == 0:
         reasons = "; ".join(f"{r.image}: {r.reason}" for r in scores.errors.itertuples(index=False))
         raise ValueError(f"no image could be scored ({reasons})")
-    loaders = {src.image_id: src.load for src in iter_image_sources(images)}
     names = dict(scores.concept_names)
     ids = scores.image_ids[: max_images or None]
+    missing = [image_id for image_id in ids if image_id not in sources]
+    if missing:
+        raise ValueError(f"scores name images that are not among the images given: {missing[:5]}")
 
     contributions = predictions = probabilities = None
     if bottleneck is not None:
@@ -72,9 +92,10 @@ def explain_items(
                                      columns=[str(c) for c in bottleneck.classes_])
         contributions = bottleneck.contributions(subset)
 
+    backbone = scorer.backbone
     explanations: list[ImageExplanation] = []
     for i, image_id in enumerate(ids):
-        loaded = loaders[image_id]()
+        loaded = kept.load(sources[image_id])
         row = scores.table.loc[image_id]
         item = ImageExplanation(image_id=str(image_id), image=loaded.image, scores=row, concept_names=names,
                                 warnings=scores.warnings_for(image_id))
@@ -90,7 +111,9 @@ def explain_items(
             top = list(item.contributions.abs().sort_values(ascending=False).index[:top_k])
         else:
             top = list(row.sort_values(ascending=False).index[:top_k])
-        maps = scorer.concept_maps(loaded.image, concepts=top)
+        # one model input and one forward pass for the maps; the attribution starts from both
+        pixels = backbone.preprocess([loaded.image]).to(backbone.device).float()
+        maps = scorer.concept_maps(loaded, concepts=top, features=backbone.encode_images(pixels))
         item.maps = {c: np.asarray(maps.upsampled(c)) for c in top}
         if method:
             if bottleneck is not None:
@@ -101,15 +124,38 @@ def explain_items(
                 from conceptlens.explain import ConceptTarget
 
                 target = ConceptTarget(top[0])
-            attribution = attribute(scorer.backbone, loaded.image, target=target, method=method, scorer=scorer,
-                                    bottleneck=bottleneck, n_steps=n_steps,
-                                    internal_batch_size=internal_batch_size)
+            attribution = attribute(scorer, loaded, target=target, method=method, bottleneck=bottleneck,
+                                    pixels=pixels, n_steps=n_steps, internal_batch_size=internal_batch_size)
             item.attribution = np.asarray(attribution.map)
             item.attribution_label = f"{attribution.method} of {attribution.target.describe()}"
             item.faithfulness = faithfulness_card(attribution)
         explanations.append(item)
 
     return explanations, scores
+
+
+class _KeptImages:
+    """Keeps the first ``limit`` images the scoring pass loads, so that they are not loaded again."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.images: dict[str, Any] = {}
+
+    def wrap(self, source: Any) -> Any:
+        """``source`` with a ``load`` that keeps what it loads (while there is room)."""
+
+        def load() -> Any:
+            loaded = source.load()
+            if self.limit is None or len(self.images) < self.limit:
+                self.images[source.image_id] = loaded
+            return loaded
+
+        return replace(source, load=load)
+
+    def load(self, source: Any) -> Any:
+        """The kept image of ``source``, else ``source.load()``."""
+        loaded = self.images.pop(source.image_id, None)
+        return loaded if loaded is not None else source.load()
 
 
 def explain_images(
@@ -124,6 +170,7 @@ def explain_images(
     max_images: int | None = 20,
     notice: str | None = None,
     title: str = "Concept explanation report",
+    scores: Any = None,
 ) -> tuple[Report, pd.DataFrame]:
     """Explain images end to end and return the report plus the images that failed.
 
@@ -145,13 +192,16 @@ def explain_images(
         max_images: At most this many images are explained (the first ones scored).
         notice: Warning shown on top of the report.
         title: Page title.
+        scores: The images' :class:`~conceptlens.vocab.ConceptScores` when already computed
+            with ``scorer``; then the images are not scored again (each explained image is
+            loaded once, for its maps and attribution).
 
     Returns:
         ``(report, errors)``: the :class:`Report` and a DataFrame of skipped images with reasons.
     """
     explanations, scores = explain_items(scorer, images, bottleneck=bottleneck, method=method, top_k=top_k,
                                          n_steps=n_steps, internal_batch_size=internal_batch_size,
-                                         max_images=max_images)
+                                         max_images=max_images, scores=scores)
     backbone = scorer.backbone.identity.to_dict()
     vocabulary = {"name": getattr(scorer.vocabulary, "name", ""), "hash": scorer.vocabulary.hash,
                   "concepts": len(scorer.vocabulary)}
