@@ -73,10 +73,3 @@ def to_display_image(image: Any) -> np.ndarray:
         arr = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
     return arr
 
-
-def image_hw(image: Any) -> tuple[int, int]:
-    """``(H, W)`` of a PIL image, array or tensor as understood by :func:`to_display_image`."""
-    if hasattr(image, "convert") and hasattr(image, "size"):
-        w, h = image.size
-        return int(h), int(w)
-    return to_display_image(image).shape[:2]

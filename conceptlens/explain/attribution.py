@@ -464,7 +464,7 @@ def _warn_about(result: Attribution) -> None:
         )
 
 
-def concept_maps(scorer: Any, image: Any, concepts: Any = None) -> Any:
+def concept_maps(scorer: Any, image: Any, concepts: Any = None, *, features: Any = None) -> Any:
     """Patch-level maps of many concepts from ONE forward pass of the image tower.
 
     A thin front door to :meth:`conceptlens.vocab.ConceptScorer.concept_maps`, listed here
@@ -473,11 +473,13 @@ def concept_maps(scorer: Any, image: Any, concepts: Any = None) -> Any:
 
     Args:
         scorer: The :class:`~conceptlens.vocab.ConceptScorer`.
-        image: One image.
-        concepts: Concept ids or names (default: the whole vocabulary).
+        image: One image, or its :class:`~conceptlens.models.images.LoadedImage`.
+        concepts: Concept ids, names or synonyms (default: the whole vocabulary).
+        features: The image's :class:`~conceptlens.models.ImageFeatures` when already
+            computed (then no forward pass runs).
 
     Returns:
         :class:`~conceptlens.vocab.maps.ConceptMaps` (plot with
         :func:`~conceptlens.explain.plot_concept_maps`).
     """
-    return scorer.concept_maps(image, concepts)
+    return scorer.concept_maps(image, concepts, features=features)

@@ -17,6 +17,7 @@ One rule, so that a labels file written by hand matches the score table:
 * a CSV manifest: its id column (``image_id`` / ``id``) if present, else the path cell as
   written in the manifest (relative paths resolve against the manifest's folder);
 * a path given directly: the path as given;
+* a :class:`~conceptlens.models.images.LoadedImage` read from a file: that path;
 * an item of a mapping ``{id: image}``: its key;
 * a ``dict`` item with an ``"id"`` / ``"image_id"`` key (e.g. from a dataset): that value;
 * an :class:`ImageSource` (e.g. built by the CLI): its own id;
@@ -115,6 +116,8 @@ def iter_image_sources(
               resolve against the manifest's folder);
             * a single PIL image, a NumPy array ``(H, W[, C])`` or a torch tensor
               ``([C,] H, W)``; a 4-D array or tensor is a batch of images;
+            * a :class:`~conceptlens.models.images.LoadedImage`, used as it is (never
+              loaded again; its id is its path, else ``"image_<position>"``);
             * a mapping ``{image_id: image}``;
             * a sequence, iterable or torch ``Dataset`` (``__len__`` + ``__getitem__``) whose
               items are any of the single-image types above, tuples ``(image, label, ...)``
@@ -161,7 +164,7 @@ def count_images(images: Any) -> int | None:
     if isinstance(images, (str, os.PathLike)):
         path = Path(images)
         return 1 if path.is_file() and path.suffix.lower() != ".csv" else None
-    if isinstance(images, (Image.Image,)):
+    if isinstance(images, (Image.Image, LoadedImage)):
         return 1
     if isinstance(images, np.ndarray) or _is_tensor(images):
         return int(images.shape[0]) if images.ndim == 4 else 1
@@ -182,6 +185,9 @@ def _expand(images: Any, *, path_column: str | None, id_column: str | None,
             frame: int | None) -> Iterator[ImageSource]:
     if isinstance(images, ImageSource):
         yield images
+        return
+    if isinstance(images, LoadedImage):
+        yield _item_source("image_0", images, infer_id=True)
         return
     if isinstance(images, (str, os.PathLike)):
         yield from _expand_path(Path(images), path_column=path_column, id_column=id_column,
@@ -343,6 +349,8 @@ def _item_source(default_id: str, item: Any, *, infer_id: bool = False,
     if infer_id:
         if isinstance(item, (str, os.PathLike)):
             image_id = str(item)
+        elif isinstance(item, LoadedImage):
+            image_id = default_id if item.source.startswith("<") else item.source
         elif isinstance(item, Mapping):
             image_id = next((str(item[k]) for k in _MANIFEST_ID_COLUMNS if k in item), default_id)
             if image_id == default_id and isinstance(item.get("path"), (str, os.PathLike)):
@@ -361,6 +369,8 @@ def _single(image_id: str, source: Any, *, frame: int | None = None) -> ImageSou
 
 
 def _load_item(item: Any, where: str, *, frame: int | None = None) -> LoadedImage:
+    if isinstance(item, LoadedImage):
+        return item  # already loaded: used as it is
     if isinstance(item, Mapping):
         key = next((k for k in _DICT_IMAGE_KEYS if k in item), None)
         if key is None:

@@ -117,3 +117,20 @@ def test_concept_maps_from_given_features_equal_the_maps_it_computes(backbone, f
     np.testing.assert_allclose(given.scores, computed.scores, atol=1e-4)
     with pytest.raises(ValueError, match="patch tokens"):
         scorer.concept_maps(loaded, features=backbone.encode_images(pixels.repeat(2, 1, 1, 1)))
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_score_and_maps_take_loaded_images_without_opening_files(backbone, files, counted):
+    from conceptlens.models.images import load_image
+
+    opens, _ = counted
+    loaded = [load_image(p) for p in files]
+    opens.clear()
+    scorer = ConceptScorer(backbone, vocabulary(), progress=False)
+    scores = scorer.score(loaded)
+    assert scores.image_ids == files
+    np.testing.assert_allclose(scores.table.to_numpy(), scorer.score(files).table.to_numpy())
+    opens.clear()
+    maps = scorer.concept_maps(loaded[0])
+    assert maps.image_id == files[0] and maps.image is loaded[0].image
+    assert sum(opens.values()) == 0

@@ -106,3 +106,20 @@ def test_bad_collections_raise_clear_errors(tmp_path):
         _ids(7)
     with pytest.raises(ImageLoadError, match="unsupported source type"):
         next(iter_image_sources([7])).load()
+
+
+def test_loaded_images_are_used_as_they_are(tmp_path):
+    from PIL import Image
+
+    from conceptlens.models.images import load_image
+    from conceptlens.vocab.sources import count_images, iter_image_sources
+
+    path = tmp_path / "a.png"
+    Image.new("RGB", (8, 6), "red").save(path)
+    from_file, in_memory = load_image(path), load_image(Image.new("RGB", (4, 4)))
+    sources = list(iter_image_sources([from_file, in_memory]))
+    assert [s.image_id for s in sources] == [str(path), "image_1"]
+    assert sources[0].load() is from_file and sources[1].load() is in_memory
+    assert [s.image_id for s in iter_image_sources({"x": in_memory})] == ["x"]
+    assert next(iter_image_sources(from_file)).load() is from_file
+    assert count_images(from_file) == 1
