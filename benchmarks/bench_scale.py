@@ -5,20 +5,24 @@ Every speed number is a ratio of two runs in this process on the same inputs; th
 the library's own functions: per image ``load_image`` (with its separate DICOM-marker open),
 a SHA-256 content hash, a format-1 cache lookup and write (one ``.npz`` per image, SHA-256
 over the entry on put and get, one fsync per image, a folder scan per put when bounded), the
-backbone's own ``preprocess`` (which loads the image again) and the pixel checks.
+backbone's own ``preprocess`` (which loads the image again) and the pixel checks (their
+statistics as computed then: a PIL thumbnail, float64 percentiles).
 
 Sections (``--json`` prints one object):
 
 * ``store``: bytes per image of the full-size model's features (P = 729, D = 1152), format 1
   vs the sharded store, float32 and bfloat16 models; files per 1,000 images; cost of a put
   with ``max_bytes`` at 1k vs 10k entries (and format 1's at 200 vs 1k).
-* ``host``: host-side images/s (everything but the forward) on 384 px inputs, one core.
+* ``host``: host-side images/s (everything but the forward) on 384 px inputs, one core (one
+  torch thread, no workers): today's loop and the new host side interleaved over repeats,
+  median [min, max] of images/s and of the per-repeat ratio.
 * ``end_to_end``: images/s of today's loop vs ``ConceptScorer.score`` (no workers, and
   DataLoader workers) vs Ray local with 2 workers (when Ray is installed) on the demo model.
 * ``rescoring``: warm rescoring with a new vocabulary, ms per image, mean and max aggregation,
   and the largest score difference caused by half-precision patch tokens.
 * ``rss``: peak RSS of scoring 1,000 vs 10,000 demo images (each in a fresh subprocess).
-* ``text_bank``: text bank of the demo vocabulary, cold vs from disk.
+* ``text_bank``: text bank of the demo vocabulary, cold vs from disk; span-mode encoding
+  padded to the longest prompt of each batch vs to 77 tokens (demo and tiny models).
 
 ``--quick`` shrinks every size for a smoke test.
 """
@@ -48,7 +52,7 @@ from conceptlens.models.images import has_dicom_magic, load_image  # noqa: E402
 from conceptlens.vocab import ConceptVocabulary  # noqa: E402
 from conceptlens.vocab.batching import DirectSink, encode_records  # noqa: E402
 from conceptlens.vocab.cache import FeatureCache, image_content_hash  # noqa: E402
-from conceptlens.vocab.input_checks import check_image  # noqa: E402
+from conceptlens.vocab.input_checks import check_statistics  # noqa: E402
 from conceptlens.vocab.scorer import ConceptScorer  # noqa: E402
 from conceptlens.vocab.stream import ImageStream, collate_records  # noqa: E402
 from conceptlens.vocab.textbank import clear_text_memo  # noqa: E402
@@ -102,6 +106,20 @@ def v1_get(folder: Path, key: str):
         grid = tuple(int(v) for v in data["grid"])
     os.utime(path)
     return torch.from_numpy(g.copy()), torch.from_numpy(p.copy()), grid
+
+
+def v1_image_statistics(image) -> dict[str, float]:
+    """The input-check statistics as the library computed them before (a PIL thumbnail of at
+    most 256 px, float64 percentiles), so that the baseline does not move when they get faster."""
+    small = image.convert("RGB")
+    if max(small.size) > 256:
+        small = small.copy()
+        small.thumbnail((256, 256))
+    pixels = np.asarray(small).reshape(-1, 3).astype(np.float64)
+    luminance = pixels @ np.array([0.299, 0.587, 0.114])
+    chroma = pixels.max(axis=1) - pixels.min(axis=1)
+    return {"mean": float(luminance.mean()), "std": float(luminance.std()),
+            "chroma_mean": float(chroma.mean()), "chroma_p99": float(np.percentile(chroma, 99))}
 
 
 def _size(folder: Path) -> int:
@@ -236,7 +254,8 @@ def _today(backbone: Backbone, paths: list[Path], cache_dir: Path, batch: int, f
                 scorer._scores_from_features(torch.stack([found[i][0] for i in range(len(chunk))]),
                                              torch.stack([found[i][1] for i in range(len(chunk))]))
         for item in loaded:
-            check_image(item.image, backbone.image_size, grid_size=backbone.grid_size)
+            check_statistics(item.image.size, v1_image_statistics(item.image), backbone.image_size,
+                             grid_size=backbone.grid_size)
     return time.perf_counter() - t0
 
 
@@ -267,13 +286,38 @@ def bench_host(work: Path, quick: bool) -> dict:
     inner = ConceptCLIPBackbone(model, processor, model_id="tiny-384")
     backbone = _NoForward(inner)
     n = 32 if quick else 128
+    repeats = 1 if quick else 5
     paths = _demo_images(work / "host384", n, 384)
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    old = _today(backbone, paths, work / "host-old", 32, forward=True)
-    new = _streamed(backbone, paths, work / "host-new", 32)
-    torch.set_num_threads(os.cpu_count() or 1)
-    return {"images": n, "input_px": 384, "today_images_per_s": round(n / old, 1),
-            "stream_images_per_s": round(n / new, 1), "ratio": round(old / new, 2)}
+    _streamed(backbone, paths[:8], work / "host-warmup", 8)  # imports, probe, first-call costs
+    _today(backbone, paths[:8], work / "host-warmup-old", 8, forward=True)
+    old, new, old_cpu, new_cpu = [], [], [], []
+    for r in range(repeats):  # interleaved, fresh stores, so load drifts hit both alike
+        cpu = time.process_time()
+        old.append(_today(backbone, paths, work / f"host-old-{r}", 32, forward=True))
+        old_cpu.append(time.process_time() - cpu)
+        cpu = time.process_time()
+        new.append(_streamed(backbone, paths, work / f"host-new-{r}", 32))
+        new_cpu.append(time.process_time() - cpu)
+    torch.set_num_threads(threads)
+    return {"images": n, "input_px": 384, "repeats": repeats, "threads": 1,
+            "today_images_per_s": _spread([n / t for t in old], 1),
+            "stream_images_per_s": _spread([n / t for t in new], 1),
+            "today_ms_per_image": _spread([t / n * 1e3 for t in old], 2),
+            "stream_ms_per_image": _spread([t / n * 1e3 for t in new], 2),
+            "ratio": _spread([o / w for o, w in zip(old, new, strict=True)], 2),
+            # CPU seconds of this process (one thread): what a core does, less exposed to other
+            # processes on a shared machine; leaves out time blocked in I/O (today's fsyncs)
+            "today_cpu_ms_per_image": _spread([t / n * 1e3 for t in old_cpu], 2),
+            "stream_cpu_ms_per_image": _spread([t / n * 1e3 for t in new_cpu], 2),
+            "ratio_cpu": _spread([o / w for o, w in zip(old_cpu, new_cpu, strict=True)], 2)}
+
+
+def _spread(values: list[float], digits: int) -> dict[str, float]:
+    """``{"median", "min", "max"}`` of repeated measurements."""
+    return {"median": round(float(np.median(values)), digits), "min": round(min(values), digits),
+            "max": round(max(values), digits)}
 
 
 def bench_end_to_end(work: Path, quick: bool) -> dict:
@@ -381,6 +425,38 @@ def bench_text_bank(work: Path, quick: bool) -> dict:
         disk = time.perf_counter() - t0
         out[name] = {"concepts": len(vocabulary), "cold_s": round(cold, 4), "from_disk_s": round(disk, 4),
                      "ratio": round(cold / disk, 1)}
+    out["padding"] = _bench_padding(quick)
+    return out
+
+
+def _bench_padding(quick: bool) -> dict:
+    """Span-mode text encoding padded to the batch's longest prompt vs to 77 tokens."""
+    from conceptlens.vocab import textbank
+
+    vocabulary = ConceptVocabulary.builtin("demo")
+    settings = dict(templates=None, synonyms=True, text_token="span", need_reference=False)
+    tiny = ConceptCLIPBackbone(*create_reference_model("tiny", seed=0), model_id="tiny-pad")
+    out = {}
+    for name, backbone in (("demo", load_backbone("demo")), ("tiny", tiny)):
+        times: dict[str, list[float]] = {"longest": [], "max_length": []}
+        banks = {}
+        for _ in range(1 if quick else 5):
+            for mode in times:  # interleaved
+                original = textbank._accepts_padding
+                if mode == "max_length":
+                    textbank._accepts_padding = lambda _: False
+                try:
+                    t0 = time.perf_counter()
+                    banks[mode] = textbank.build_text_bank(backbone, vocabulary, **settings)
+                    times[mode].append(time.perf_counter() - t0)
+                finally:
+                    textbank._accepts_padding = original
+        diff = max(float((banks["longest"].tensors()[k] - v).abs().max())
+                   for k, v in banks["max_length"].tensors().items())
+        out[name] = {"longest_s": _spread(times["longest"], 4), "padded_77_s": _spread(times["max_length"], 4),
+                     "speedup": _spread([a / b for a, b in zip(times["max_length"], times["longest"],
+                                                               strict=True)], 2),
+                     "max_abs_diff": diff}
     return out
 
 

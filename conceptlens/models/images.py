@@ -30,6 +30,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import stat
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -420,7 +421,7 @@ def resize_map_to_original(
 def _load_path(path: Path, *, frame: int | None, max_pixels: int | None) -> LoadedImage:
     name = str(path)
     try:
-        size = path.stat().st_size
+        status = path.stat()
     except OSError as error:
         if path.is_symlink() and error.errno == errno.ENOENT:
             raise ImageNotFoundError(name, "broken symbolic link (its target does not exist)") \
@@ -428,9 +429,9 @@ def _load_path(path: Path, *, frame: int | None, max_pixels: int | None) -> Load
         if error.errno == errno.ENOENT:
             raise ImageNotFoundError(name, "file not found") from None
         raise ImageLoadError(name, os_error_reason(error)) from None
-    if path.is_dir():
+    if stat.S_ISDIR(status.st_mode):
         raise ImageLoadError(name, "is a directory, not an image file")
-    if size == 0:
+    if status.st_size == 0:
         raise ImageLoadError(name, "empty file (0 bytes)")
     if path.suffix.lower() in _DICOM_SUFFIXES:
         return read_dicom(path, frame=frame, max_pixels=max_pixels)
@@ -489,12 +490,14 @@ def _load_pil(image: Image.Image, name: str, *, frame: int | None,
         if n_frames > 1:
             image.seek(frame_index)
         image.load()
-        oriented = ImageOps.exif_transpose(image)
+        rotated = _has_exif_rotation(image)
+        # exif_transpose copies even an upright image; the RGB step below copies anyway
+        oriented = ImageOps.exif_transpose(image) if rotated else image
     except Image.DecompressionBombError as error:
         raise ImageLoadError(name, f"too many pixels ({error})") from error
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise ImageLoadError(name, f"corrupt or truncated image data ({error})") from error
-    meta["exif_transposed"] = _has_exif_rotation(image)
+    meta["exif_transposed"] = rotated
     rgb, conversion = _pil_to_rgb(oriented)
     meta.update(conversion)
     return LoadedImage(image=rgb, original_size=rgb.size, source=name, meta=meta)

@@ -51,6 +51,7 @@ Guarantees
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -144,6 +145,20 @@ def image_content_hash(image: Image.Image, *, pixels: np.ndarray | None = None) 
     return digest.hexdigest()
 
 
+def _identity_part(identity: BackboneIdentity) -> str:
+    """``"<identity key>|<preprocessing>"``, computed once per (frozen, hashable) identity:
+    :meth:`FeatureCache.key` runs for every image."""
+    try:
+        return _identity_part_memo(identity)
+    except TypeError:  # an unhashable stand-in
+        return f"{identity.key}|{identity.preprocessing}"
+
+
+@functools.lru_cache(maxsize=64)
+def _identity_part_memo(identity: BackboneIdentity) -> str:
+    return f"{identity.key}|{identity.preprocessing}"
+
+
 def patch_mean_of(patch_embeds: torch.Tensor) -> torch.Tensor:
     """Mean over the patch axis of the L2-normalised patch tokens, float32.
 
@@ -217,6 +232,7 @@ class FeatureCache:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         self.directory = Path(directory)
+        self._directory_str = str(self.directory)
         if self.directory.exists() and not self.directory.is_dir():
             raise NotADirectoryError(f"feature cache directory is a file: {self.directory}")
         self.max_bytes = max_bytes
@@ -243,7 +259,7 @@ class FeatureCache:
     @staticmethod
     def key(content_hash: str, identity: BackboneIdentity) -> str:
         """Entry key for an image (by :func:`image_content_hash`) under a backbone identity."""
-        payload = f"v{_V1_VERSION}|{content_hash}|{identity.key}|{identity.preprocessing}"
+        payload = f"v{_V1_VERSION}|{content_hash}|{_identity_part(identity)}"
         return hashlib.sha256(payload.encode()).hexdigest()
 
     # -- paths --------------------------------------------------------------------------------
@@ -260,6 +276,10 @@ class FeatureCache:
 
     def _v1_path(self, key: str) -> Path:
         return self.directory / key[:2] / f"{key}{_V1_SUFFIX}"
+
+    def _has_v1(self, key: str) -> bool:
+        """Whether a format-1 entry exists (one ``stat``, no path objects: asked on every miss)."""
+        return os.path.isfile(os.path.join(self._directory_str, key[:2], key + _V1_SUFFIX))
 
     # -- index --------------------------------------------------------------------------------
 
@@ -343,7 +363,7 @@ class FeatureCache:
             found = self._index_get(key)
             if found is not None:
                 return {"patches": found[2], "stats": found[3]}
-            if self._v1_path(key).is_file():
+            if self._has_v1(key):
                 return {"patches": True, "stats": False}
             return None
 
@@ -378,7 +398,7 @@ class FeatureCache:
             return writer.read(row, need_patches)
         found = self._index_get(key)
         if found is None:
-            return self._get_v1(key) if self._v1_path(key).is_file() else None
+            return self._get_v1(key) if self._has_v1(key) else None
         shard, row, has_patches, _ = found
         if need_patches and not has_patches:
             return None
