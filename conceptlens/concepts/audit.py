@@ -55,11 +55,12 @@ def _association_table(X, decisions, outputs, ids, names) -> pd.DataFrame:
     return table.iloc[order].reset_index(drop=True)
 
 
-def _fit_surrogate(X, decisions, ids, test_size, max_concepts, random_state):
+def _fit_surrogate(X, decisions, ids, test_size, max_concepts, random_state, n_jobs=None):
     frame = pd.DataFrame(X, columns=ids)
     _, counts = np.unique(decisions, return_counts=True)
     can_split = 0 < test_size < 1 and counts.min() >= 2 and len(decisions) >= 10
-    surrogate = SparseLinearBottleneck(max_concepts=max_concepts, cv=3, random_state=random_state)
+    surrogate = SparseLinearBottleneck(max_concepts=max_concepts, cv=3, random_state=random_state,
+                                       n_jobs=n_jobs)
     rows = []
     if can_split:
         tr, te = train_test_split(np.arange(len(decisions)), test_size=test_size,
@@ -105,10 +106,11 @@ def _one_hot(values: np.ndarray) -> np.ndarray:
     return np.column_stack([values == v for v in levels[1:]]).astype(float)
 
 
-def _test_rows(test, targets, Z, ids, names, marks, covariates, l2) -> pd.DataFrame:
+def _test_rows(test, targets, Z, ids, names, marks, covariates, l2, n_jobs=None) -> pd.DataFrame:
     frames = []
     for c, y in targets:
-        r = likelihood_ratio_tests(Z, y.astype(float), covariates=covariates, l2=l2)
+        r = likelihood_ratio_tests(Z, y.astype(float), covariates=covariates, l2=l2,
+                                   n_jobs=n_jobs)
         frames.append(pd.DataFrame({
             "test": test, "class": [c] * len(ids), "concept": ids,
             "name": [names.get(i, i) for i in ids], "marked": [marks.get(i, "") for i in ids],
@@ -119,16 +121,16 @@ def _test_rows(test, targets, Z, ids, names, marks, covariates, l2) -> pd.DataFr
     return table
 
 
-def _reliance_tests(X, dec, lab, outputs, ids, names, marks, l2) -> pd.DataFrame:
+def _reliance_tests(X, dec, lab, outputs, ids, names, marks, l2, n_jobs=None) -> pd.DataFrame:
     """Conditional likelihood-ratio tests of every concept, per class (one-vs-rest)."""
     Z = standardise(X)
     tables = [_test_rows("conditional", [(c, dec == c) for c in outputs], Z, ids, names, marks,
-                         None, l2)]
+                         None, l2, n_jobs)]
     if lab is not None and len(np.unique(lab)) > 1:
         tables.append(_test_rows("beyond_labels", [(c, dec == c) for c in outputs], Z, ids,
-                                 names, marks, _one_hot(lab), l2))
+                                 names, marks, _one_hot(lab), l2, n_jobs))
         tables.append(_test_rows("label_conditional", [(c, lab == c) for c in outputs], Z, ids,
-                                 names, marks, None, l2))
+                                 names, marks, None, l2, n_jobs))
     table = pd.concat(tables, ignore_index=True)
     table.insert(1, "model", table["test"].map(RELIANCE_TESTS))
     return table
@@ -272,6 +274,7 @@ def audit(
     l2: float = 1.0,
     random_state: int | None = 0,
     concept_groups: Any = None,
+    n_jobs: int | None = None,
 ) -> AuditResult:
     """Explain and check a decision-maker's decisions through concept scores.
 
@@ -304,6 +307,9 @@ def audit(
             mapping concept id -> group name. Concepts without a group stand alone. An
             expected concept whose group is relied upon (summed ``share`` >= ``min_reliance``)
             or whose group passes the drop-group test is not reported unused.
+        n_jobs: Parallel fits (joblib threads, ``None``: 1, ``-1``: all cores): the
+            surrogate's cross-validation folds and the reduced models of the likelihood-ratio
+            tests, which are independent of each other. The result does not depend on it.
 
     Returns:
         :class:`AuditResult`. Tables and columns:
@@ -387,11 +393,12 @@ def audit(
         outputs = list(dec_classes)
 
     association = _association_table(X, dec, outputs, ids, names)
-    surrogate, fidelity = _fit_surrogate(X, dec, ids, test_size, max_concepts, random_state)
+    surrogate, fidelity = _fit_surrogate(X, dec, ids, test_size, max_concepts, random_state,
+                                         n_jobs)
     frame = pd.DataFrame(X, columns=ids)
     reliance = _reliance_table(surrogate, frame, association, ids, names, marks)
 
-    tests = _reliance_tests(X, dec, lab, outputs, ids, names, marks, l2)
+    tests = _reliance_tests(X, dec, lab, outputs, ids, names, marks, l2, n_jobs)
     primary = "beyond_labels" if (tests["test"] == "beyond_labels").any() else "conditional"
     conditional = _strongest(tests, "conditional", ids)
     reliance["conditional_effect"] = conditional["effect"].reindex(reliance["concept"]).to_numpy()
@@ -406,7 +413,7 @@ def audit(
     if group_of:
         reliance.insert(reliance.columns.get_loc("marked"), "group",
                         [group_of.get(c, "") for c in reliance["concept"]])
-    groups = _group_table(reliance, X, dec, outputs, ids, group_of, min_reliance, l2)
+    groups = _group_table(reliance, X, dec, outputs, ids, group_of, min_reliance, l2, n_jobs)
     unused = reliance[reliance["marked"] == "expected"].copy()
     group_used = np.zeros(len(unused), dtype=bool)
     if group_of:
@@ -487,7 +494,8 @@ def _concept_groups(concept_groups: Any, ids: list[str]) -> dict[str, str]:
     return {c: g for c, g in out.items() if c in ids}
 
 
-def _group_table(reliance, X, dec, outputs, ids, group_of, min_reliance, l2) -> pd.DataFrame:
+def _group_table(reliance, X, dec, outputs, ids, group_of, min_reliance, l2,
+                 n_jobs=None) -> pd.DataFrame:
     """Reliance and drop-group tests per group of two or more concepts."""
     members: dict[str, list[int]] = {}
     for j, c in enumerate(ids):
@@ -502,7 +510,8 @@ def _group_table(reliance, X, dec, outputs, ids, group_of, min_reliance, l2) -> 
     names, lists = list(members), list(members.values())
     rows = []
     for c in outputs:
-        r = group_likelihood_ratio_tests(Z, (dec == c).astype(float), lists, l2=l2)
+        r = group_likelihood_ratio_tests(Z, (dec == c).astype(float), lists, l2=l2,
+                                         n_jobs=n_jobs)
         for i, g in enumerate(names):
             rows.append({"group": g, "class": c, "statistic": r["statistic"][i],
                          "df": int(r["df"][i]), "p_value": r["p_value"][i]})

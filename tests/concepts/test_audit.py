@@ -227,3 +227,35 @@ def test_group_test_keeps_its_level_when_the_group_is_unused():
         assert r["p_value"][1] < 1e-3  # the group holding the used concept
         rejections += r["p_value"][0] < 0.05
     assert rejections <= 4  # nominal 5 % of 20 runs, with room for chance
+
+
+def test_n_jobs_gives_the_serial_result(shortcut_model):
+    import dataclasses
+
+    scores, decisions, labels = shortcut_model
+    serial = audit(scores, decisions, labels, expected_concepts=["C0", "C4"])
+    parallel = audit(scores, decisions, labels, expected_concepts=["C0", "C4"], n_jobs=2)
+    for field in dataclasses.fields(serial):
+        a, b = getattr(serial, field.name), getattr(parallel, field.name)
+        if isinstance(a, pd.DataFrame):
+            pd.testing.assert_frame_equal(a, b, check_exact=True)
+    assert serial.summary == parallel.summary
+    np.testing.assert_array_equal(serial.surrogate.coef_, parallel.surrogate.coef_)
+
+
+def test_reliance_tests_n_jobs_give_the_serial_numbers():
+    from conceptlens.concepts.reliance import (
+        group_likelihood_ratio_tests,
+        likelihood_ratio_tests,
+        standardise,
+    )
+
+    rng = np.random.default_rng(3)
+    Z = standardise(rng.normal(size=(300, 7)))
+    y = (Z[:, 0] - Z[:, 2] + rng.logistic(size=300) > 0).astype(float)
+    for fn, extra in ((likelihood_ratio_tests, {}),
+                      (group_likelihood_ratio_tests, {"groups": [[0, 1], [2], [3, 4, 5]]})):
+        serial = fn(Z, y, **extra)
+        parallel = fn(Z, y, n_jobs=2, **extra)
+        for key in serial:
+            np.testing.assert_array_equal(serial[key], parallel[key])
