@@ -267,3 +267,38 @@ def test_nothing_below_cli_and_demo_reaches_the_demo_by_name() -> None:
                 for arg in [*node.args, *(k.value for k in node.keywords)])
     )
     assert not offenders, "modules below cli/demo name the demo package:\n" + "\n".join(offenders)
+
+
+# the layers, lowest first: a subpackage may import its own layer and the ones below
+LAYERS = [
+    {f"{PACKAGE}.errors", f"{PACKAGE}._deprecation", f"{PACKAGE}._jsonable", f"{PACKAGE}._io",
+     f"{PACKAGE}._html", PACKAGE},
+    {f"{PACKAGE}.models"},
+    {f"{PACKAGE}.vocab"},
+    {f"{PACKAGE}.concepts"},
+    {f"{PACKAGE}.explain"},
+    {f"{PACKAGE}.train"},
+    {f"{PACKAGE}.demo", f"{PACKAGE}.cli", f"{PACKAGE}.__main__"},
+]
+
+
+def _layer(module: str) -> int:
+    sub = _subpackage(module)
+    for rank, members in enumerate(LAYERS):
+        if sub in members:
+            return rank
+    raise AssertionError(f"{module} belongs to no layer: add {sub} to LAYERS")
+
+
+def test_layers_import_only_downwards() -> None:
+    """models <- vocab <- concepts <- explain <- train <- demo / cli; the shared base
+    (errors, deprecation helpers, safe I/O, the report document model) below them all.
+    ``conceptlens/__init__`` itself may import anything (it is the public face)."""
+    offenders = sorted(
+        f"{module} -> {target}"
+        for module, edges in _graph().items()
+        if module != PACKAGE
+        for target in edges
+        if _subpackage(target) != PACKAGE and _layer(target) > _layer(module)
+    )
+    assert not offenders, "imports pointing up the layers:\n" + "\n".join(offenders)

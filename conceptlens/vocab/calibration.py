@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from conceptlens._html.document import Facts, Figures, Table
 from conceptlens.errors import ConceptlensError
 
 __all__ = [
@@ -264,7 +265,6 @@ class ConceptCalibrator:
 
             report.sections.extend(calibrator.report_sections())   # or: report.add(...)
         """
-        from conceptlens.explain.report.document import Table
 
         self._check([])
         rows = []
@@ -370,7 +370,6 @@ class CalibrationReport:
             report.sections.extend(summary.report_sections())   # or: for s in ...: report.add(s)
             report.save("out", "calibration")
         """
-        from conceptlens.explain.report.document import Facts, Figures, Table
 
         before, after = self.ece_before, self.ece_after
         caption = (f"Expected calibration error (ECE, {self.n_bins} bins) of the concept scores "

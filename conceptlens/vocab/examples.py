@@ -60,6 +60,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from conceptlens._html.document import Facts
 from conceptlens.errors import ConceptlensError, ConceptlensWarning
 from conceptlens.vocab.batching import iter_feature_batches
 from conceptlens.vocab.concept import Concept
@@ -137,7 +138,6 @@ class LearnedConceptVector:
             report.sections.extend(learned_vector(concept).report_sections())  # or report.add
             report.save("out", "concepts")
         """
-        from conceptlens.explain.report.document import Facts
 
         v = self.validation
         caption = (f"Concept learned from {self.n_positives} positive and {self.n_negatives} "

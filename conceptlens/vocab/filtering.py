@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from conceptlens._html.document import Facts, Table, Text
 from conceptlens.errors import ConceptlensError
 
 __all__ = ["ConceptFilterResult", "filter_concepts", "filtering_of"]
@@ -117,7 +118,6 @@ class ConceptFilterResult:
             report.sections.extend(result.report_sections())   # or: for s in ...: report.add(s)
             report.save("out", "vocabulary")
         """
-        from conceptlens.explain.report.document import Facts, Table, Text
 
         counts = self.dropped["filter"].value_counts().to_dict() if len(self.dropped) else {}
         caption = (f"Kept {len(self.kept)} concepts, dropped {len(self.dropped)}: concepts never "
