@@ -28,9 +28,11 @@ MONOCHROME1 inversion, frame selection); see :func:`conceptlens.models.dicom.rea
 from __future__ import annotations
 
 import errno
+import functools
 import io
 import os
 import stat
+import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -246,21 +248,42 @@ def normalize_pixels(pixels: torch.Tensor, *, rescale: float, mean: Sequence[flo
     """A ``(B, 3, H, W)`` ``uint8`` batch as float32 model input, ``(x * rescale - mean) / std``.
 
     Runs on the tensor's device (on a GPU: after the 4x smaller ``uint8`` transfer). On a
-    CPU a ``uint8`` batch is mapped through a 256-entry table per channel made by this very
-    arithmetic, so the result is bit for bit the same at about half the memory traffic.
+    CPU a ``uint8`` batch is mapped through tables made by this very arithmetic (per channel,
+    one float32 pair for every pair of neighbouring pixels), so the result is bit for bit the
+    same at about a third of the memory traffic.
     """
     torch = _torch()
     if pixels.device.type == "cpu" and pixels.dtype == torch.uint8 and pixels.ndim == 4 \
             and pixels.shape[1] == len(mean) == len(std):
-        levels = torch.arange(256, dtype=torch.uint8).expand(1, pixels.shape[1], 1, 256)
-        table = _normalize_arithmetic(levels, rescale, mean, std)[0, :, 0].numpy()
+        tables = _normalize_tables(float(rescale), tuple(float(v) for v in mean),
+                                   tuple(float(v) for v in std))
         source = pixels.numpy()
         out = np.empty(source.shape, dtype=np.float32)
+        plane = source.shape[2] * source.shape[3]
+        pairs = plane % 2 == 0 and sys.byteorder == "little"
         for image in range(source.shape[0]):  # one channel plane at a time stays in cache
             for channel in range(source.shape[1]):
-                table[channel].take(source[image, channel], out=out[image, channel])
+                values, target = source[image, channel].reshape(-1), out[image, channel].reshape(-1)
+                if pairs:  # two uint8 pixels read as one uint16 index -> two float32 values
+                    tables[1][channel].take(np.ascontiguousarray(values).view(np.uint16), axis=0,
+                                            out=target.reshape(-1, 2))
+                else:
+                    tables[0][channel].take(values, out=target)
         return torch.from_numpy(out)
     return _normalize_arithmetic(pixels, rescale, mean, std)
+
+
+@functools.lru_cache(maxsize=8)
+def _normalize_tables(rescale: float, mean: tuple[float, ...],
+                      std: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """``(C, 256)`` float32 values of every ``uint8`` level per channel, and ``(C, 65536, 2)``
+    those of every little-endian pair of levels (index ``low + 256 * high``)."""
+    torch = _torch()
+    levels = torch.arange(256, dtype=torch.uint8).expand(1, len(mean), 1, 256)
+    single = _normalize_arithmetic(levels, rescale, mean, std)[0, :, 0].numpy()
+    low = np.tile(single, (1, 256))  # index % 256
+    high = np.repeat(single, 256, axis=1)  # index // 256
+    return single, np.stack([low, high], axis=-1)
 
 
 def _normalize_arithmetic(pixels: torch.Tensor, rescale: float, mean: Sequence[float],

@@ -358,3 +358,17 @@ def test_images_and_dicom_import_without_a_cycle():
         assert getattr(images, name) is getattr(pixels, name)
     for first in ("conceptlens.models.dicom", "conceptlens.models.images"):
         subprocess.run([sys.executable, "-c", f"import {first}"], check=True)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 7, 9), (3, 3, 64, 64), (1, 3, 1, 1)])
+def test_cpu_normalisation_tables_equal_the_arithmetic_bit_for_bit(shape):
+    from conceptlens.models.images import _normalize_arithmetic, normalize_pixels
+
+    pixels = torch.from_numpy(np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8))
+    settings = ((1 / 255, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+                (0.00392156862745098, (0.48145466, 0.4578275, 0.40821073),
+                 (0.26862954, 0.26130258, 0.27577711)))
+    for rescale, mean, std in settings:
+        for batch in (pixels, pixels.transpose(2, 3)):
+            expected = _normalize_arithmetic(batch, rescale, mean, std)
+            assert torch.equal(normalize_pixels(batch, rescale=rescale, mean=mean, std=std), expected)
