@@ -339,9 +339,9 @@ def run_compare(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------- vocab
 def run_vocab_list(args: argparse.Namespace) -> None:
     """Print the built-in vocabularies (``vocab list``)."""
-    from conceptlens.vocab import ConceptVocabulary
+    from conceptlens.vocab import ConceptVocabulary, list_vocabularies
 
-    for name in ConceptVocabulary.builtin_names():
+    for name in list_vocabularies():
         vocab = ConceptVocabulary.builtin(name)
         print(f"{name:24s} {len(vocab):4d} concepts  {vocab.description}")
 

@@ -20,7 +20,11 @@ from conceptlens.concepts.audit import audit
 from conceptlens.concepts.audit_result import AuditResult
 from conceptlens.concepts.base import ConceptBottleneckBase
 from conceptlens.concepts.hybrid import EmbeddingsError, HybridBottleneck, HybridDecomposition
-from conceptlens.concepts.interventions import INTERVENTION_POLICIES, intervention_curve
+from conceptlens.concepts.interventions import (
+    INTERVENTION_POLICIES,
+    intervention_curve,
+    list_intervention_policies,
+)
 from conceptlens.concepts.multilabel import MultiLabelBottleneck
 from conceptlens.concepts.persistence import load_bottleneck
 from conceptlens.concepts.results import Contributions, InterventionResult, UnknownClassError
@@ -44,5 +48,6 @@ __all__ = [
     "VocabularyMismatchError",
     "audit",
     "intervention_curve",
+    "list_intervention_policies",
     "load_bottleneck",
 ]

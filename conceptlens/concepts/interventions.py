@@ -11,9 +11,19 @@ from sklearn.utils.validation import check_is_fitted
 from conceptlens.concepts._inputs import as_finite_matrix
 from conceptlens.concepts.score_space import transform_scores
 
-__all__ = ["INTERVENTION_POLICIES", "intervention_curve"]
+__all__ = ["INTERVENTION_POLICIES", "intervention_curve", "list_intervention_policies"]
 
 INTERVENTION_POLICIES = ("random", "uncertainty", "importance")
+
+
+def list_intervention_policies() -> list[str]:
+    """The orders in which :func:`intervention_curve` can correct concepts, sorted.
+
+    Examples:
+        >>> list_intervention_policies()
+        ['importance', 'random', 'uncertainty']
+    """
+    return sorted(INTERVENTION_POLICIES)
 
 
 def _intervention_order(

@@ -29,7 +29,7 @@ from conceptlens.explain.attribution import (
     concept_maps,
     list_methods,
 )
-from conceptlens.explain.baselines import BASELINES
+from conceptlens.explain.baselines import BASELINES, list_baselines
 from conceptlens.explain.faithfulness import faithfulness_card
 from conceptlens.explain.targets import (
     BoundTarget,
@@ -73,6 +73,7 @@ __all__ = [
     "attribute",
     "concept_maps",
     "faithfulness_card",
+    "list_baselines",
     "list_methods",
     "metrics",
     "resolve_target",

@@ -28,7 +28,7 @@ from PIL import Image
 from conceptlens.explain.metrics.perturbation import make_baseline
 
 __all__ = ["BASELINES", "CANDIDATES", "BaselineChoice", "baseline_images", "choose_baseline",
-           "scored_baseline"]
+           "list_baselines", "scored_baseline"]
 
 BASELINES: dict[str, str] = {
     "auto": "the candidate nearest the decision boundary and not on the input's side (see module)",
@@ -44,6 +44,16 @@ BASELINES: dict[str, str] = {
 
 CANDIDATES = ("black", "white", "mean", "blur", "noise", "zero")
 """The single baselines ``"auto"`` chooses from, and ``"expected"`` averages over."""
+
+
+def list_baselines() -> list[str]:
+    """Names accepted by ``attribute(baselines=...)``, sorted (:data:`BASELINES` says what each is).
+
+    Examples:
+        >>> list_baselines()[:3]
+        ['auto', 'black', 'blur']
+    """
+    return sorted(BASELINES)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from conceptlens.vocab.prompts import (
 from conceptlens.vocab.reference import EmbeddingReference
 from conceptlens.vocab.scorer import ConceptScorer, ScoringConfig, available_presets
 from conceptlens.vocab.scores import ConceptScores
-from conceptlens.vocab.vocabulary import ConceptVocabulary
+from conceptlens.vocab.vocabulary import ConceptVocabulary, list_vocabularies
 from conceptlens.vocab.zeroshot import retrieve_concepts, retrieve_images, zero_shot_classify
 
 __all__ = [
@@ -47,6 +47,7 @@ __all__ = [
     "ScoringConfig",
     "VocabularyError",
     "available_presets",
+    "list_vocabularies",
     "build_prompts",
     "calibration_report",
     "concept_from_examples",

@@ -13,11 +13,12 @@ from typing import Any, Literal
 
 import pandas as pd
 
+from conceptlens._deprecation import warn_renamed
 from conceptlens.vocab.concept import Concept, VocabularyError
 from conceptlens.vocab.formats import read_vocabulary, write_vocabulary
 from conceptlens.vocab.prompts import modality_key
 
-__all__ = ["ConceptVocabulary"]
+__all__ = ["ConceptVocabulary", "list_vocabularies"]
 
 _BUILTIN_PACKAGE = "conceptlens.vocab"
 _BUILTIN_FOLDER = "data"
@@ -451,27 +452,40 @@ class ConceptVocabulary:
 
     @classmethod
     def builtin_names(cls) -> list[str]:
-        """Names of the vocabularies shipped with conceptlens (sorted)."""
-        folder = resources.files(_BUILTIN_PACKAGE).joinpath(_BUILTIN_FOLDER)
-        return sorted(
-            entry.name[: -len(".yaml")]
-            for entry in folder.iterdir()
-            if entry.name.endswith(".yaml") and not entry.name.startswith("_")
-        )
+        """Deprecated: use :func:`list_vocabularies` (removed in 0.3)."""
+        warn_renamed("ConceptVocabulary.builtin_names()", "conceptlens.vocab.list_vocabularies()")
+        return list_vocabularies()
 
     @classmethod
     def builtin(cls, name: str) -> ConceptVocabulary:
-        """Load a shipped vocabulary by name (see :meth:`builtin_names`).
+        """Load a shipped vocabulary by name (see :func:`list_vocabularies`).
 
         Raises:
             KeyError: If there is no such vocabulary (the message lists the names).
         """
-        names = cls.builtin_names()
+        names = list_vocabularies()
         if name not in names:
             close = difflib.get_close_matches(name, names, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise KeyError(f"no built-in vocabulary {name!r}; available: {', '.join(names)}.{hint}")
         return _load_builtin(name)
+
+
+def list_vocabularies() -> list[str]:
+    """Names of the vocabularies shipped with conceptlens, sorted.
+
+    Each loads with :meth:`ConceptVocabulary.builtin`.
+
+    Examples:
+        >>> "dermoscopy" in list_vocabularies()
+        True
+    """
+    folder = resources.files(_BUILTIN_PACKAGE).joinpath(_BUILTIN_FOLDER)
+    return sorted(
+        entry.name[: -len(".yaml")]
+        for entry in folder.iterdir()
+        if entry.name.endswith(".yaml") and not entry.name.startswith("_")
+    )
 
 
 @cache

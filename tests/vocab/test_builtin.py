@@ -6,13 +6,13 @@ import pytest
 
 from conceptlens.vocab.concept import CUI_PATTERN
 from conceptlens.vocab.prompts import build_prompts
-from conceptlens.vocab.vocabulary import ConceptVocabulary
+from conceptlens.vocab.vocabulary import ConceptVocabulary, list_vocabularies
 
 EXPECTED = {"dermoscopy", "clinical_dermatology", "chest_xray", "blood_cell", "fundus", "histopathology"}
 
 
-def test_builtin_names_listed():
-    assert EXPECTED <= set(ConceptVocabulary.builtin_names())
+def test_builtin_vocabularies_listed():
+    assert EXPECTED <= set(list_vocabularies())
     with pytest.raises(KeyError, match="available"):
         ConceptVocabulary.builtin("dermoscopyy")
 
@@ -65,3 +65,10 @@ def test_dermoscopy_has_7_point_checklist_values_and_points():
 
 def test_clinical_dermatology_has_48_findings():
     assert len(ConceptVocabulary.builtin("clinical_dermatology")) == 48
+
+
+def test_builtin_names_is_a_deprecated_alias():
+    from conceptlens.errors import DeprecatedNameWarning
+
+    with pytest.warns(DeprecatedNameWarning, match="list_vocabularies"):
+        assert ConceptVocabulary.builtin_names() == list_vocabularies()
