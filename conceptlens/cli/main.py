@@ -11,7 +11,7 @@ from conceptlens import __version__
 
 __all__ = ["build_parser", "main"]
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_ERROR = 0, 1  # argparse exits with 2 on usage errors
 
 
 def _steps(text: str) -> int | str:

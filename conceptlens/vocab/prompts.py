@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Union
 
@@ -344,8 +344,3 @@ def build_prompts(
                 )
         out[concept.id] = prompts
     return out
-
-
-def prompt_texts(prompts: Mapping[str, Sequence[ConceptPrompt]]) -> list[str]:
-    """All prompt texts of :func:`build_prompts` output, flattened in order."""
-    return [p.text for group in prompts.values() for p in group]
