@@ -31,7 +31,7 @@ __all__ = [
     "ImageKeyError",
     "image_key_column",
     "match_rows",
-    "normalise_key",
+    "normalize_key",
     "read_aligned_column",
     "read_aligned_frame",
     "typed_values",
@@ -48,11 +48,11 @@ class ImageKeyError(ConceptlensError, ValueError):
     """Rows of a table cannot be matched one-to-one to scored images; names file and rows."""
 
 
-def normalise_key(text: str) -> str:
+def normalize_key(text: str) -> str:
     """A path-like key in one spelling: ``/`` separators, no ``./`` prefix, no blanks around.
 
     Examples:
-        >>> normalise_key(" .\\\\imgs\\\\a.png "), normalise_key("a//b/./c.png")
+        >>> normalize_key(" .\\\\imgs\\\\a.png "), normalize_key("a//b/./c.png")
         ('imgs/a.png', 'a/b/c.png')
     """
     parts = [p for p in text.strip().replace("\\", "/").split("/") if p not in ("", ".")]
@@ -90,7 +90,7 @@ def match_rows(keys: Sequence[str], ids: Sequence[str], *, source: str,
     by_suffix: dict[str, list[int]] = defaultdict(list)
     by_name: dict[str, list[int]] = defaultdict(list)
     for position, raw in enumerate(keys):
-        key = normalise_key(str(raw))
+        key = normalize_key(str(raw))
         if not key:
             raise ImageKeyError(f"{source}, {where[position]}: empty image key")
         if key in exact:
@@ -104,7 +104,7 @@ def match_rows(keys: Sequence[str], ids: Sequence[str], *, source: str,
     claimed: dict[int, str] = {}
     missing: list[str] = []
     for image_id in ids:
-        key = normalise_key(str(image_id))
+        key = normalize_key(str(image_id))
         candidates = [exact[key]] if key in exact else []
         if not candidates:
             longer = by_suffix.get(key, [])
