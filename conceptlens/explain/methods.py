@@ -85,7 +85,7 @@ class AttributionMethod:
     description : str
         What it computes, one line.
     function : callable
-        ``function(inputs: MethodInputs, **options) -> MethodOutput``.
+        ``function(run: MethodInputs, **options) -> MethodOutput``.
     options : dict
         The method's own keyword options and their defaults (read from ``function``).
     aliases : tuple of str
@@ -318,89 +318,89 @@ class MethodOutput:
 
 @register_method("integrated_gradients", "captum IntegratedGradients (Sundararajan et al., 2017)",
                  aliases=("ig",))
-def integrated_gradients(inputs: MethodInputs, *, n_steps: int | str = "auto", tolerance: float = 0.05,
+def integrated_gradients(run: MethodInputs, *, n_steps: int | str = "auto", tolerance: float = 0.05,
                          max_steps: int = 1024) -> MethodOutput:
     """Integrated gradients from the baseline, doubling ``n_steps="auto"`` until complete."""
-    choice = inputs.baseline("auto", allow_many=True)
+    choice = run.baseline("auto", allow_many=True)
     attr, steps, check = adaptive_integrated_gradients(
-        inputs.forward, inputs.inputs, choice.tensor, input_value=inputs.input_value,
+        run.forward, run.inputs, choice.tensor, input_value=run.input_value,
         baseline_values=choice.values, n_steps=n_steps, tolerance=tolerance, max_steps=max_steps,
-        internal_batch_size=inputs.internal_batch_size,
+        internal_batch_size=run.internal_batch_size,
     )
     return MethodOutput(
         attr, baseline=choice,
         evidence={"n_steps": steps, "convergence_delta": check.delta, "completeness_gap": check.gap,
                   "converged": check.converged, "tolerance": tolerance},
-        params={"n_steps": steps, "internal_batch_size": inputs.internal_batch_size},
+        params={"n_steps": steps, "internal_batch_size": run.internal_batch_size},
     )
 
 
 @register_method("gradient_shap", "captum GradientShap: expected gradients over baselines + noise",
                  aliases=("shap",))
-def gradient_shap(inputs: MethodInputs, *, nt_samples: int = 10, nt_stdevs: float | None = None,
+def gradient_shap(run: MethodInputs, *, nt_samples: int = 10, nt_stdevs: float | None = None,
                   tolerance: float = 0.05) -> MethodOutput:
     """Expected gradients over the baselines (``"expected"``: all candidates) plus noise."""
-    choice = inputs.baseline("expected", allow_many=True)
-    stdevs = _noise(nt_stdevs, inputs.pixels)
-    attr, delta = _gradient_shap(inputs.forward, inputs.inputs, choice.tensor, nt_samples, stdevs,
-                                 inputs.internal_batch_size)
-    check = judge_completeness(float(attr.detach().double().sum()), inputs.input_value, choice.value,
+    choice = run.baseline("expected", allow_many=True)
+    stdevs = _noise(nt_stdevs, run.pixels)
+    attr, delta = _gradient_shap(run.forward, run.inputs, choice.tensor, nt_samples, stdevs,
+                                 run.internal_batch_size)
+    check = judge_completeness(float(attr.detach().double().sum()), run.input_value, choice.value,
                                tolerance)
     return MethodOutput(
         attr, baseline=choice,
         evidence={"convergence_delta": delta, "completeness_gap": check.gap, "tolerance": tolerance},
-        params={"n_samples": nt_samples, "stdevs": stdevs, "internal_batch_size": inputs.internal_batch_size},
+        params={"n_samples": nt_samples, "stdevs": stdevs, "internal_batch_size": run.internal_batch_size},
     )
 
 
 @register_method("saliency", "captum Saliency: |d target / d pixel| (Simonyan et al., 2014)")
-def saliency(inputs: MethodInputs, *, abs: bool = True) -> MethodOutput:  # noqa: A002 - captum's name
+def saliency(run: MethodInputs, *, abs: bool = True) -> MethodOutput:  # noqa: A002 - captum's name
     """The gradient of the target (absolute by default)."""
-    return MethodOutput(Saliency(inputs.forward).attribute(inputs.inputs, abs=abs), params={"abs": abs})
+    return MethodOutput(Saliency(run.forward).attribute(run.inputs, abs=abs), params={"abs": abs})
 
 
 @register_method("input_x_gradient", "captum InputXGradient: pixel * gradient")
-def input_x_gradient(inputs: MethodInputs) -> MethodOutput:
+def input_x_gradient(run: MethodInputs) -> MethodOutput:
     """Each pixel times the target's gradient there."""
-    return MethodOutput(InputXGradient(inputs.forward).attribute(inputs.inputs))
+    return MethodOutput(InputXGradient(run.forward).attribute(run.inputs))
 
 
 @register_method("occlusion",
                  "captum Occlusion: score drop when a sliding window is replaced by the baseline")
-def occlusion(inputs: MethodInputs, *, sliding_window: int | tuple[int, int] | None = None,
+def occlusion(run: MethodInputs, *, sliding_window: int | tuple[int, int] | None = None,
               strides: int | tuple[int, int] | None = None) -> MethodOutput:
     """The target's drop when a window (default: one patch) shows the baseline instead."""
-    choice = inputs.baseline("auto", allow_many=False)
-    window = _pair(sliding_window, _patch(inputs.backbone), "sliding_window")
+    choice = run.baseline("auto", allow_many=False)
+    window = _pair(sliding_window, _patch(run.backbone), "sliding_window")
     stride = _pair(strides, window, "strides")
-    attr = Occlusion(inputs.forward).attribute(
-        inputs.inputs, sliding_window_shapes=(3, *window), strides=(3, *stride),
-        baselines=choice.tensor, perturbations_per_eval=inputs.internal_batch_size or 1,
+    attr = Occlusion(run.forward).attribute(
+        run.inputs, sliding_window_shapes=(3, *window), strides=(3, *stride),
+        baselines=choice.tensor, perturbations_per_eval=run.internal_batch_size or 1,
     )
     return MethodOutput(attr, baseline=choice, params={"sliding_window": window, "strides": stride})
 
 
 @register_method("smoothgrad", "captum NoiseTunnel (SmoothGrad) over saliency or integrated gradients",
                  aliases=("noisetunnel",))
-def smoothgrad(inputs: MethodInputs, *, nt_base: str = "saliency", nt_samples: int = 10,
+def smoothgrad(run: MethodInputs, *, nt_base: str = "saliency", nt_samples: int = 10,
                nt_stdevs: float | None = None, n_steps: int | str = "auto",
                abs: bool = True) -> MethodOutput:  # noqa: A002 - captum's name
     """Saliency or integrated gradients averaged over noisy copies of the image."""
     choice = None
     if nt_base != "saliency" and get_method(nt_base).name == "integrated_gradients":
-        choice = inputs.baseline("auto", allow_many=False)
+        choice = run.baseline("auto", allow_many=False)
     base = get_method(nt_base).name
-    stdevs = _noise(nt_stdevs, inputs.inputs)
+    stdevs = _noise(nt_stdevs, run.inputs)
     steps = 50 if n_steps == "auto" else n_steps
     if base == "saliency":
-        tunnel = NoiseTunnel(Saliency(inputs.forward))
-        attr = tunnel.attribute(inputs.inputs, nt_type="smoothgrad", nt_samples=nt_samples, stdevs=stdevs,
-                                nt_samples_batch_size=inputs.internal_batch_size, abs=abs)
+        tunnel = NoiseTunnel(Saliency(run.forward))
+        attr = tunnel.attribute(run.inputs, nt_type="smoothgrad", nt_samples=nt_samples, stdevs=stdevs,
+                                nt_samples_batch_size=run.internal_batch_size, abs=abs)
     elif base == "integrated_gradients":
-        tunnel = NoiseTunnel(IntegratedGradients(inputs.forward))
-        attr = tunnel.attribute(inputs.inputs, nt_type="smoothgrad", nt_samples=nt_samples, stdevs=stdevs,
+        tunnel = NoiseTunnel(IntegratedGradients(run.forward))
+        attr = tunnel.attribute(run.inputs, nt_type="smoothgrad", nt_samples=nt_samples, stdevs=stdevs,
                                 nt_samples_batch_size=1, baselines=choice.tensor, n_steps=steps,
-                                internal_batch_size=inputs.internal_batch_size)
+                                internal_batch_size=run.internal_batch_size)
     else:
         raise UnsupportedMethodError(f"smoothgrad averages 'saliency' or 'integrated_gradients', not {nt_base!r}")
     return MethodOutput(attr, baseline=choice,
@@ -410,16 +410,16 @@ def smoothgrad(inputs: MethodInputs, *, nt_base: str = "saliency", nt_samples: i
 @register_method("grad_cam",
                  "captum LayerGradCam on a vision-transformer block, tokens reshaped to the patch grid",
                  aliases=("layergradcam",))
-def grad_cam(inputs: MethodInputs, *, layer: int | nn.Module | None = None, relu: bool = True) -> MethodOutput:
+def grad_cam(run: MethodInputs, *, layer: int | nn.Module | None = None, relu: bool = True) -> MethodOutput:
     """Grad-CAM on a transformer block's patch tokens (default: the last block)."""
-    backbone = inputs.backbone
+    backbone = run.backbone
     block = _select_layer(backbone, layer)
     view = _TokenGrid()
     handle = block.register_forward_hook(
         _grid_hook(view, int(getattr(backbone, "num_prefix_tokens", 0) or 0), grid_of(backbone))
     )
     try:
-        attr = LayerGradCam(inputs.forward, view).attribute(inputs.inputs, relu_attributions=relu)
+        attr = LayerGradCam(run.forward, view).attribute(run.inputs, relu_attributions=relu)
     finally:
         handle.remove()
     return MethodOutput(attr, on_grid=True, params={"layer": layer if layer is not None else -1, "relu": relu})
@@ -428,19 +428,19 @@ def grad_cam(inputs: MethodInputs, *, layer: int | nn.Module | None = None, relu
 @register_method("concept_map",
                  "the scorer's patch-level map of one concept (no gradients, one forward pass)",
                  aliases=("patchmap",), gradients=False)
-def concept_map(inputs: MethodInputs) -> MethodOutput:
+def concept_map(run: MethodInputs) -> MethodOutput:
     """The scorer's patch scores of one concept, read from one forward pass."""
-    target, scorer = inputs.target.target, inputs.target.scorer
+    target, scorer = run.target.target, run.target.scorer
     if not isinstance(target, ConceptTarget):
         raise UnsupportedMethodError("method 'concept_map' explains a ConceptTarget only")
     if scorer is None:
         raise TargetError("method 'concept_map' needs scorer=...")
     index, _ = find_concept(scorer, target.concept)
     with torch.no_grad():
-        patch = scorer.patch_scores_tensor(inputs.pixels)[0, index]
-        value = float(scorer.score_tensor(inputs.pixels)[0, index])
+        patch = scorer.patch_scores_tensor(run.pixels)[0, index]
+        value = float(scorer.score_tensor(run.pixels)[0, index])
     return MethodOutput(
-        patch.reshape(grid_of(inputs.backbone))[None, None], on_grid=True, input_value=value,
+        patch.reshape(grid_of(run.backbone))[None, None], on_grid=True, input_value=value,
         params={"calibration": getattr(getattr(scorer, "config", None), "calibration", None)},
     )
 
