@@ -146,3 +146,25 @@ class _Scorer4:
         ids = ["concept_0", "concept_1", "concept_2", "concept_3"]
         names: dict = {}
         hash = None
+
+
+def test_bound_target_builds_its_function_and_margin_once():
+    from conceptlens.explain import BoundTarget
+
+    built = []
+
+    class Counting(ConceptTarget):
+        def build(self, backbone, scorer=None, bottleneck=None):
+            built.append("function")
+            return super().build(backbone, scorer, bottleneck)
+
+    scorer = _Scorer()
+    bound = Counting("C2").bind(None, scorer)
+    assert isinstance(bound, BoundTarget) and bound.describe() == "concept C2"
+    pixels = torch.arange(24.0).reshape(2, 3, 2, 2)
+    assert bound.function is bound.function
+    np.testing.assert_allclose(bound.function(pixels).numpy(), pixels.mean(dim=(2, 3))[:, 1].numpy())
+    assert bound.margin is None and bound.margin is None  # cosine scores: no decision boundary
+    assert built == ["function"]
+    with pytest.raises(TargetError, match="scorer"):
+        ConceptTarget("C2").bind(None)
