@@ -8,11 +8,10 @@ with ``l1 = l1_ratio / C`` and ``l2 = (1 - l1_ratio) / C``: the objective of sci
 ``LogisticRegression(C=C, l1_ratio=l1_ratio)`` (intercept not penalised), so the optimum is
 the same model SAGA converges to.
 
-Each outer iteration takes one Newton step per output (the multinomial case cycles over the
-classes with the diagonal Hessian block of each class, refreshing the probabilities after
-every class): the quadratic model of the loss, restricted to the working set (non-zero
-weights plus the weights whose zero violates optimality) and the intercept, is minimised
-with the L1 term by cyclic coordinate descent on its small explicit Hessian, then an Armijo
+Each iteration takes one proximal-Newton step: the quadratic model of the loss (the exact
+Hessian over all outputs jointly), restricted to the working set (features with a non-zero
+weight or whose zero violates optimality, plus the intercepts), is minimised with the L1
+term by cyclic coordinate descent on its small explicit Hessian, then an Armijo
 backtracking line search on the true objective keeps every step a descent. The fit stops
 once the largest violation of the optimality conditions, divided by ``sum(s)``, is at most
 ``tol``. Working sets stay small on a sparse path, so each Newton step costs a few small
@@ -85,47 +84,82 @@ def _kkt(grad: np.ndarray, grad0: np.ndarray, coef: np.ndarray, l1: float, l2: f
 
 
 def _cd_quadratic(
-    H: np.ndarray, g: np.ndarray, v: np.ndarray, l1: float, l2: float, tol: float,
+    H: np.ndarray, g: np.ndarray, v: np.ndarray, penalised: np.ndarray, l1: float, l2: float,
+    tol: float,
 ) -> np.ndarray:
-    """Minimise ``g @ d + d @ H @ d / 2 + l1 * |v + d|_1 + l2 / 2 * |v + d|^2`` over ``d``
-    (the last coordinate is the intercept: not penalised) by cyclic coordinate descent."""
+    """Minimise ``g @ d + d @ H @ d / 2 + sum_pen(l1 * |v + d| + l2 / 2 * (v + d)^2)`` over
+    ``d`` by cyclic coordinate descent (the intercepts are the unpenalised coordinates).
+
+    Full sweeps alternate with sweeps over the non-zero coordinates only, until a full
+    sweep moves no coordinate by more than ``tol`` (relative, in the metric of ``H``)."""
     m = len(g)
     d = np.zeros(m)
     Hd = np.zeros(m)
     diag = np.maximum(np.diag(H), _CURVATURE_FLOOR).tolist()
+    root = [h ** 0.5 for h in diag]
     gl = g.tolist()
     cur = v.tolist()
+    pen = penalised.tolist()
     rows = list(H)
-    last = m - 1
-    for _ in range(_MAX_SWEEPS):
+    everything = list(range(m))
+
+    def sweep(coords: list[int]) -> float:
         biggest = 0.0
-        scale = 0.0
-        for j in range(m):
+        scale = 1.0
+        for j in coords:
             h = diag[j]
-            grad_j = gl[j] + Hd[j]
             old = cur[j]
-            if j == last:
-                new = old - grad_j / h
-            else:
-                a = h * old - grad_j
+            if pen[j]:
+                a = h * old - (gl[j] + Hd[j])
                 if a > l1:
                     new = (a - l1) / (h + l2)
                 elif a < -l1:
                     new = (a + l1) / (h + l2)
                 else:
                     new = 0.0
+            else:
+                new = old - (gl[j] + Hd[j]) / h
             step = new - old
             if step != 0.0:
                 cur[j] = new
                 d[j] += step
-                Hd += step * rows[j]
-                move = abs(step) * h ** 0.5
+                np.add(Hd, step * rows[j], out=Hd)
+                move = abs(step) * root[j]
                 if move > biggest:
                     biggest = move
-            if abs(new) * h ** 0.5 > scale:
-                scale = abs(new) * h ** 0.5
-        if biggest <= tol * max(scale, 1.0):
+            size = abs(new) * root[j]
+            if size > scale:
+                scale = size
+        return biggest / scale
+
+    pen_arr = np.asarray(penalised, dtype=float)
+    ridge = 1e-12 * max(max(diag), 1.0)
+    for _ in range(_MAX_SWEEPS):
+        if sweep(everything) <= tol:
             break
+        # Newton step on the current support with its signs fixed (the objective is a
+        # quadratic there), clipped where a weight would cross zero; then sweep again
+        S = np.array([j for j in everything if cur[j] != 0.0 or not pen[j]])
+        u = np.array([cur[j] for j in S])
+        sign = np.sign(u) * pen_arr[S]
+        G = g[S] + Hd[S] + l1 * sign + l2 * pen_arr[S] * u
+        HSS = H[np.ix_(S, S)] + np.diag(l2 * pen_arr[S] + ridge)
+        try:
+            step = np.linalg.solve(HSS, -G)
+        except np.linalg.LinAlgError:
+            continue
+        new = u + step
+        crossing = (sign != 0) & (np.sign(new) != sign)
+        alpha = 1.0
+        if crossing.any():
+            alpha = float(np.min(u[crossing] / (u[crossing] - new[crossing])))
+            new = u + alpha * step
+            new[crossing & (np.abs(new) <= 1e-12 * np.maximum(np.abs(u), 1.0))] = 0.0
+        delta = new - u
+        for j, val in zip(S.tolist(), new.tolist(), strict=True):
+            cur[j] = val
+        d[S] += delta
+        Hd += H[:, S] @ delta
     return d
 
 
@@ -159,66 +193,71 @@ def fit_logistic(
     target = (y == 1).astype(float)[:, None] if binary else np.eye(n_classes)[y]
     l1 = float(l1_ratio) / float(C)
     l2 = (1.0 - float(l1_ratio)) / float(C)
-    B, b = state.coef, state.intercept
+    B = np.array(state.coef, dtype=float)
+    b = np.array(state.intercept, dtype=float)
+    K = B.shape[0]
     eta = Z @ B.T + b[None, :]
     P = _proba(eta, binary)
     obj = _loss(eta, target, s, binary) + _penalty(B, l1, l2)
-    ones = np.ones((n, 1))
-    state.converged = False
+    Zx = np.hstack([Z, np.ones((n, 1))])  # the last column carries the intercepts
+    converged = False
     it = 0
     inner_tol = 1e-3
-    for it in range(1, max_iter + 1):  # noqa: B007 - the count is reported
+    for it in range(max_iter + 1):  # noqa: B007 - the count is reported
         R = s[:, None] * (P - target)
         grad, grad0 = (Z.T @ R).T, R.sum(axis=0)
         viol = _kkt(grad, grad0, B, l1, l2) / total
         if viol <= tol:
-            it -= 1
-            state.converged = True
+            converged = True
+            break
+        if it == max_iter:
             break
         inner_tol = min(inner_tol, max(viol, 1e-10))
-        for k in range(B.shape[0]):
-            if k > 0:  # probabilities moved with the previous class
-                r = s * (P[:, k] - target[:, k])
-                gk, g0k = Z.T @ r, float(r.sum())
-            else:
-                gk, g0k = grad[0], float(grad0[0])
-            bk = B[k]
-            work = np.flatnonzero((bk != 0) | (np.abs(gk + l2 * bk) > l1))
-            w = s * P[:, k] * (1.0 - P[:, k])
-            A = np.hstack([Z[:, work], ones])
-            H = (A * w[:, None]).T @ A
-            v = np.append(bk[work], b[k])
-            d = _cd_quadratic(H, np.append(gk[work], g0k), v, l1, l2, inner_tol)
-            if not np.any(d):
-                continue
-            dw, d0 = d[:-1], d[-1]
-            new_w = bk[work] + dw
-            # predicted decrease (directional derivative of the smooth part + penalty change)
-            pen_old = l1 * np.abs(bk[work]).sum() + 0.5 * l2 * np.dot(bk[work], bk[work])
-            pen_new = l1 * np.abs(new_w).sum() + 0.5 * l2 * np.dot(new_w, new_w)
-            delta = float(gk[work] @ dw + g0k * d0 + pen_new - pen_old)
-            deta = Z[:, work] @ dw + d0
-            t = 1.0
-            base = bk[work].copy()
-            for _ in range(_MAX_HALVINGS):
-                bk[work] = base + t * dw
-                b_k = b[k] + t * d0
-                eta_k = eta[:, k] + t * deta
-                eta_try = eta.copy()
-                eta_try[:, k] = eta_k
-                obj_try = _loss(eta_try, target, s, binary) + _penalty(B, l1, l2)
-                if obj_try <= obj + _ARMIJO * t * min(delta, 0.0):
-                    break
-                t *= 0.5
-            else:  # no decrease possible at this precision: keep the old weights
-                bk[work] = base
-                continue
-            b[k] = b_k
-            eta = eta_try
-            P = _proba(eta, binary)
-            obj = obj_try
+        # working set: weights that are non-zero or whose zero violates optimality, plus the
+        # intercepts; coordinate q is (output ks[q], column js[q] of Zx)
+        ks, js = np.nonzero((B != 0) | (np.abs(grad + l2 * B) > l1))
+        ks = np.concatenate([ks, np.arange(K)])
+        js = np.concatenate([js, np.full(K, p)])
+        cols = Zx[:, js]
+        # Hessian of the loss: s * P_k * (delta_kl - P_l) * x_a * x_b
+        M = cols * P[:, ks]
+        H = -(M * s[:, None]).T @ M
+        for k in range(K):
+            q = np.flatnonzero(ks == k)
+            Ak = cols[:, q]
+            H[np.ix_(q, q)] += (Ak * (s * P[:, k])[:, None]).T @ Ak
+        D = np.zeros((K, p + 1))
+        g = np.hstack([grad, grad0[:, None]])[ks, js]
+        v = np.hstack([B, b[:, None]])[ks, js]
+        D[ks, js] = _cd_quadratic(H, g, v, js < p, l1, l2, inner_tol)
+        if not np.any(D):
+            break
+        work = np.flatnonzero(np.any(D[:, :p] != 0, axis=0))
+        d = np.hstack([D[:, work], D[:, p:]])
+        A = Zx[:, np.append(work, p)]
+        new_w = B[:, work] + d[:, :-1]
+        pen_old = _penalty(B[:, work], l1, l2)
+        delta = float(np.sum(np.hstack([grad[:, work], grad0[:, None]]) * d))
+        delta += _penalty(new_w, l1, l2) - pen_old
+        deta = A @ d.T
+        t = 1.0
+        base_B, base_b = B.copy(), b.copy()
+        for _ in range(_MAX_HALVINGS):
+            B[:, work] = base_B[:, work] + t * d[:, :-1]
+            b = base_b + t * d[:, -1]
+            eta_try = eta + t * deta
+            obj_try = _loss(eta_try, target, s, binary) + _penalty(B, l1, l2)
+            if obj_try <= obj + _ARMIJO * t * min(delta, 0.0):
+                break
+            t *= 0.5
+        else:  # no decrease left at this precision: keep the previous weights
+            B, b = base_B, base_b
+            break
+        eta, obj = eta_try, obj_try
+        P = _proba(eta, binary)
     if not binary:
         # the loss is invariant to a common shift of the intercepts: report centred ones
-        b -= b.mean()
-    state.n_iter = it
+        b = b - b.mean()
+    state.coef, state.intercept = B, b
+    state.n_iter, state.converged = it, converged
     return state
