@@ -1,6 +1,9 @@
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.exceptions import ConvergenceWarning
 
 from conceptlens.concepts import SparseLinearBottleneck
 from tests.concepts.conftest import TRUE_WEIGHTS
@@ -242,3 +245,69 @@ def test_patience_stops_the_path_after_the_cv_optimum(binary_rule):
         # stopped only after `patience` penalties without a real (0.1 %) improvement
         assert mean[-3:].min() >= mean[:-3].min() * (1 - 1e-3) - 1e-12
     assert early.score(X, y) >= full.score(X, y) - 0.02
+
+
+def _objective(coef, intercept, Z, y, C, l1_ratio):
+    """scikit-learn's LogisticRegression objective (binary or multinomial, weights 1)."""
+    from scipy.special import logsumexp
+
+    eta = Z @ coef.T + intercept
+    if coef.shape[0] == 1:
+        loss = np.logaddexp(0, eta[:, 0]) - y * eta[:, 0]
+    else:
+        loss = logsumexp(eta, axis=1) - eta[np.arange(len(y)), y]
+    return C * loss.sum() + l1_ratio * np.abs(coef).sum() + (1 - l1_ratio) / 2 * (coef**2).sum()
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+@pytest.mark.parametrize("l1_ratio", [1.0, 0.6])
+def test_newton_cd_solves_scikit_learns_problem(n_classes, l1_ratio):
+    """The default solver reaches scikit-learn's optimum (same objective, tight tolerances)."""
+    from sklearn.linear_model import LogisticRegression
+
+    from conceptlens.concepts._solvers import LogisticState, fit_logistic
+
+    rng = np.random.default_rng(5)
+    Z = rng.normal(size=(300, 8))
+    y = np.argmax(Z[:, :n_classes] + rng.gumbel(size=(300, n_classes)), axis=1)
+    C = 0.05
+    ref = LogisticRegression(C=C, l1_ratio=l1_ratio, solver="saga", tol=1e-10,
+                             max_iter=100_000).fit(Z, y)
+    st = fit_logistic(Z, y, n_classes, C, l1_ratio,
+                      LogisticState.zeros(1 if n_classes == 2 else n_classes, 8), tol=1e-10)
+    assert st.converged and st.n_iter < 30
+    np.testing.assert_allclose(st.coef, ref.coef_, atol=1e-5)
+    np.testing.assert_array_equal(st.coef != 0, np.abs(ref.coef_) > 1e-8)
+    ours = _objective(st.coef, st.intercept, Z, y, C, l1_ratio)
+    theirs = _objective(ref.coef_, ref.intercept_, Z, y, C, l1_ratio)
+    assert ours <= theirs + 1e-9
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_saga_solver_gives_the_same_selection(binary_rule, multiclass_rule):
+    for X, y in (binary_rule, multiclass_rule):
+        fast = SparseLinearBottleneck(Cs=6, cv=3).fit(X, y)
+        saga = SparseLinearBottleneck(Cs=6, cv=3, solver="saga", max_iter=2000, tol=1e-6,
+                                      patience=None).fit(X, y)
+        n = min(len(fast.Cs_), len(saga.Cs_))
+        np.testing.assert_allclose(fast.Cs_[:n], saga.Cs_[:n])
+        np.testing.assert_allclose(fast.coef_path_[:n], saga.coef_path_[:n], atol=2e-3)
+        assert fast.best_index_ == saga.best_index_
+
+
+def test_separable_multiclass_path_converges():
+    """Near-separable multiclass data: the weak-penalty end converges in a few Newton steps."""
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(210, 6))
+    y = np.array(["a", "b", "c"])[np.argmax(X[:, :3], axis=1)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        model = SparseLinearBottleneck(cv=3).fit(X, y)
+    assert model.score(X, y) > 0.95
+
+
+@pytest.mark.parametrize("params", [{"solver": "lbfgs"}, {"max_iter": 0}, {"tol": -1.0}])
+def test_solver_parameters_are_checked(binary_rule, params):
+    X, y = binary_rule
+    with pytest.raises(ValueError, match=next(iter(params))):
+        SparseLinearBottleneck(**params).fit(X, y)
