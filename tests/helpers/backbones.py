@@ -13,6 +13,7 @@ import math
 
 import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+from torch import nn
 from transformers import (
     CLIPConfig,
     CLIPImageProcessor,
@@ -42,7 +43,9 @@ __all__ = [
     "SIGLIP_TEXT_LENGTH",
     "SIGLIP_WIDTH",
     "SIGLIP_WORDS",
+    "RemoteStyleModel",
     "bag_of_patches_backbone",
+    "remote_style_backbone",
     "tiny_clip_backbone",
     "tiny_clip_model",
     "tiny_clip_parts",
@@ -79,6 +82,28 @@ def bag_of_patches_backbone(seed: int = 0) -> ConceptCLIPBackbone:
             layer.self_attn.out_proj.weight.zero_()
             layer.self_attn.out_proj.bias.zero_()
     return backbone
+
+
+class RemoteStyleModel(nn.Module):
+    """Mimics the released model's outside: a timm trunk at ``model.visual.trunk.blocks``
+    around the reference model, called with ConceptCLIP's keyword convention."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.visual = nn.Module()
+        self.visual.trunk = nn.Module()
+        self.visual.trunk.blocks = inner.vision_model.encoder.layers
+
+    def forward(self, pixel_values=None, input_ids=None, attention_mask=None):  # noqa: ANN001
+        return self.inner(pixel_values=pixel_values, input_ids=input_ids)
+
+
+def remote_style_backbone(seed: int = 0) -> ConceptCLIPBackbone:
+    """The tiny reference model behind :class:`RemoteStyleModel` (the released layout)."""
+    torch.manual_seed(seed)
+    model, processor = create_reference_model("tiny")
+    return ConceptCLIPBackbone(RemoteStyleModel(model), processor)
 
 
 # ------------------------------------------------------------------------------ CLIP

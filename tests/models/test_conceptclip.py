@@ -16,6 +16,7 @@ from conceptlens.models import (
     load_backbone,
 )
 from conceptlens.models.factory import hash_weight_files
+from tests.helpers.backbones import RemoteStyleModel
 
 
 @pytest.fixture(scope="module")
@@ -38,20 +39,6 @@ def backbone(tiny):
 def pixels(backbone):
     rng = np.random.default_rng(0)
     return backbone.preprocess([rng.integers(0, 256, (30, 45, 3), dtype=np.uint8) for _ in range(3)])
-
-
-class RemoteStyleModel(nn.Module):
-    """Mimics the released model's outside: timm trunk at model.visual.trunk.blocks."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-        self.visual = nn.Module()
-        self.visual.trunk = nn.Module()
-        self.visual.trunk.blocks = inner.vision_model.encoder.layers
-
-    def forward(self, pixel_values=None, input_ids=None, attention_mask=None):
-        return self.inner(pixel_values=pixel_values, input_ids=input_ids)
 
 
 def test_global_embedding_and_patch_tokens_equal_the_models_outputs(tiny, backbone, pixels):

@@ -15,6 +15,7 @@ from conceptlens.models.base import BackboneIdentity, ImageFeatures
 from conceptlens.models.testing import BACKBONE_CHECKS, BackboneCheckError, check_backbone
 from tests.helpers.backbones import (
     bag_of_patches_backbone,
+    remote_style_backbone,
     tiny_clip_backbone,
     tiny_conceptclip_backbone,
     tiny_siglip_backbone,
@@ -33,6 +34,9 @@ BUILDERS = {
     "conceptclip-tiny": tiny_conceptclip_backbone,
     "conceptclip-open-clip-layout": _reference_open_clip_flavour,
     "conceptclip-bag-of-patches": bag_of_patches_backbone,
+    "conceptclip-released-layout": remote_style_backbone,
+    "conceptclip-36px-uncovered-border": lambda: ConceptCLIPBackbone(
+        *create_reference_model("tiny", vision_config={"image_size": 36})),
     "clip-tiny": tiny_clip_backbone,
     "siglip-tiny": tiny_siglip_backbone,
     "fake": FakeBackbone,
