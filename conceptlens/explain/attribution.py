@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from conceptlens.errors import BaselineWarning, ConvergenceWarning
+from conceptlens.errors import BaselineWarning, ConvergenceWarning, DeprecatedNameWarning
 from conceptlens.explain.baselines import BaselineChoice
 from conceptlens.explain.methods import (
     METHODS,
@@ -249,7 +249,7 @@ def _models(model: Any, scorer: Any) -> tuple[Any, Any]:
     warnings.warn(
         "attribute(backbone, image, ..., scorer=scorer) is deprecated: pass the scorer first, "
         "attribute(scorer, image, ...); the backbone is taken from it",
-        DeprecationWarning, stacklevel=3,
+        DeprecatedNameWarning, stacklevel=3,
     )
     if getattr(scorer, "backbone", model) is not model:
         raise ValueError("scorer.backbone is not the backbone given: build the scorer on the same backbone")
@@ -328,7 +328,8 @@ def attribute(
         pixels: The ``(1, 3, H, W)`` model input of ``image`` when already computed
             (``backbone.preprocess([loaded.image])``); skips preprocessing.
         scorer: Deprecated: pass the scorer as ``model``. ``attribute(backbone, image, ...,
-            scorer=scorer)`` still works, with a ``DeprecationWarning``.
+            scorer=scorer)`` still works, with a
+            :class:`~conceptlens.errors.DeprecatedNameWarning`.
         **options: The method's own options (table in :mod:`conceptlens.explain.methods`);
             those of other methods are accepted and ignored, so one set of keywords can
             serve several methods:

@@ -6,6 +6,7 @@ import torch
 from PIL import Image
 
 from conceptlens.concepts.sparse import SparseLinearBottleneck
+from conceptlens.errors import DeprecatedNameWarning
 from conceptlens.explain import (
     Attribution,
     ClassTarget,
@@ -239,13 +240,13 @@ def test_an_option_no_method_takes_is_refused_and_others_are_ignored(scorer, voc
 
 def test_backbone_plus_scorer_still_works_with_a_deprecation_warning(backbone, scorer, vocab, image):
     new = attribute(scorer, image, vocab.ids[0], method="saliency")
-    with pytest.warns(DeprecationWarning, match=r"attribute\(scorer, image"):
+    with pytest.warns(DeprecatedNameWarning, match=r"attribute\(scorer, image"):
         old = attribute(backbone, image, vocab.ids[0], method="saliency", scorer=scorer)
     np.testing.assert_array_equal(old.raw, new.raw)
     with pytest.raises(TypeError, match="twice"):
         attribute(scorer, image, vocab.ids[0], scorer=scorer)
     other = tiny_backbone()
-    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="same backbone"):
+    with pytest.warns(DeprecatedNameWarning), pytest.raises(ValueError, match="same backbone"):
         attribute(other, image, vocab.ids[0], scorer=scorer)
 
 
