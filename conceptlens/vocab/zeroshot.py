@@ -21,6 +21,7 @@ from conceptlens.models.base import Backbone
 from conceptlens.vocab.cache import FeatureCache
 from conceptlens.vocab.scorer import ConceptScorer, encode_text_vectors, iter_feature_batches
 from conceptlens.vocab.scores import ConceptScores
+from conceptlens.vocab.vocabulary import match_concept
 
 __all__ = ["DEFAULT_ZERO_SHOT_TEMPLATES", "retrieve_concepts", "retrieve_images", "zero_shot_classify"]
 
@@ -156,12 +157,8 @@ def zero_shot_classify(
 
 
 def _resolve_concept(scores: ConceptScores, concept: str) -> str:
-    if concept in scores.table.columns:
-        return concept
-    by_name = [cid for cid, name in scores.concept_names.items() if name == concept]
-    if len(by_name) == 1 and by_name[0] in scores.table.columns:
-        return by_name[0]
-    raise KeyError(f"concept {concept!r} is not a column (id) or preferred name of these scores")
+    ids = [str(c) for c in scores.table.columns]
+    return ids[match_concept(concept, ids, scores.concept_names, where="these scores")]
 
 
 def retrieve_images(

@@ -124,6 +124,15 @@ def test_retrieve_images_puts_the_planted_image_first():
         retrieve_images(scores, "delta")
 
 
+def test_retrieve_images_resolves_concepts_like_the_vocabulary():
+    from conceptlens.errors import UnknownConceptError
+
+    scores = _planted_scores()
+    assert retrieve_images(scores, "BETA", k=1).index[0] == "img4"  # case-insensitive name
+    with pytest.raises(UnknownConceptError, match="beta"):  # suggests the close match
+        retrieve_images(scores, "betta")
+
+
 def test_retrieve_concepts_ranks_an_images_concepts():
     top = retrieve_concepts(_planted_scores(), "img2", k=2)
     assert top.index.tolist() == ["c:c", "c:b"] and top["name"].tolist() == ["gamma", "beta"]
