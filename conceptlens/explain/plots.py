@@ -258,10 +258,10 @@ def _maps_from_input(
         missing = [c for c in ids if c not in known]
         if missing:
             raise KeyError(f"concepts not in these concept maps: {missing}")
-        raw_names = getattr(maps, "names", None) or {}
+        raw_names = getattr(maps, "concept_names", None) or getattr(maps, "names", None) or {}
         if isinstance(raw_names, Mapping):
             names = {str(k): str(v) for k, v in raw_names.items()}
-        else:  # a list aligned with concept_ids, as in conceptlens.vocab.ConceptMaps
+        else:  # a list aligned with concept_ids
             names = {str(c): str(n) for c, n in zip(maps.concept_ids, raw_names, strict=True)}
         panels = [(str(names.get(c, c)), to_numpy_2d(maps.upsampled(c), name=c)) for c in ids]
         return (image if image is not None else getattr(maps, "image", None)), panels
@@ -294,7 +294,7 @@ def plot_concept_maps(
 
     Args:
         maps: The scorer's concept maps (any object with ``.concept_ids``,
-            ``.upsampled(concept_id) -> (H, W)``, optional ``.names`` dict and ``.image``),
+            ``.upsampled(concept_id) -> (H, W)``, optional ``.concept_names`` dict and ``.image``),
             or a dict ``name -> (H, W) array``.
         image: Image to draw under the maps (default: ``maps.image`` when present).
             Without an image the maps are drawn alone.

@@ -12,12 +12,14 @@ from __future__ import annotations
 import base64
 import html
 import io
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from conceptlens._deprecation import warn_renamed
 from conceptlens.models.images import resize_map_to_original
 from conceptlens.vocab.vocabulary import match_concept
 
@@ -35,7 +37,9 @@ class ConceptMaps:
         image: The loaded image (PIL, RGB) at its original size.
         image_id: Its id (path or position), as in score tables.
         concept_ids: Ids of the mapped concepts, in map order.
-        names: Preferred names, aligned with :attr:`concept_ids`.
+        concept_names: Concept id -> preferred name (the same type as
+            :attr:`ConceptScores.concept_names <conceptlens.vocab.ConceptScores.concept_names>`;
+            a list aligned with :attr:`concept_ids` is accepted and converted).
         maps: ``(K, grid_h, grid_w)`` float32 patch scores; patch ``i`` of the backbone's
             row-major token order sits at ``(i // grid_w, i % grid_w)``. What a value means
             depends on :attr:`calibration` (see
@@ -53,7 +57,7 @@ class ConceptMaps:
     image: Image.Image
     image_id: str
     concept_ids: list[str]
-    names: list[str]
+    concept_names: dict[str, str]
     maps: np.ndarray
     scores: np.ndarray
     covered_fraction: tuple[float, float] = (1.0, 1.0)
@@ -66,8 +70,21 @@ class ConceptMaps:
                 f"maps must be (K, grid_h, grid_w) with K = {len(self.concept_ids)} concepts, "
                 f"got shape {self.maps.shape}"
             )
-        if len(self.names) != len(self.concept_ids) or len(self.scores) != len(self.concept_ids):
-            raise ValueError("names and scores must align with concept_ids")
+        if not isinstance(self.concept_names, Mapping):
+            names = list(self.concept_names)
+            if len(names) != len(self.concept_ids):
+                raise ValueError("concept_names must align with concept_ids")
+            self.concept_names = dict(zip(self.concept_ids, names, strict=True))
+        self.concept_names = {c: str(self.concept_names.get(c, c)) for c in self.concept_ids}
+        if len(self.scores) != len(self.concept_ids):
+            raise ValueError("scores must align with concept_ids")
+
+    @property
+    def names(self) -> list[str]:
+        """Deprecated: preferred names as a list aligned with :attr:`concept_ids`; use
+        :attr:`concept_names` (a dict, as in :class:`~conceptlens.vocab.ConceptScores`)."""
+        warn_renamed("ConceptMaps.names", "ConceptMaps.concept_names (id -> name)")
+        return [self.concept_names[c] for c in self.concept_ids]
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -90,8 +107,7 @@ class ConceptMaps:
             UnknownConceptError: The concept is not among the mapped ones (a ``KeyError``;
                 the message names it and suggests close matches).
         """
-        return match_concept(concept, list(self.concept_ids),
-                             dict(zip(self.concept_ids, self.names, strict=True)),
+        return match_concept(concept, list(self.concept_ids), self.concept_names,
                              where="these concept maps")
 
     def map(self, concept: str) -> np.ndarray:
@@ -128,7 +144,7 @@ class ConceptMaps:
         cells = []
         for cid in shown:
             i = self.concept_ids.index(cid)
-            label = html.escape(f"{self.names[i]} ({cid}): {self.scores[i]:.3f}")
+            label = html.escape(f"{self.concept_names[cid]} ({cid}): {self.scores[i]:.3f}")
             cells.append(
                 "<figure style='display:inline-block;margin:4px;text-align:center'>"
                 f"<img src='data:image/png;base64,{self._overlay_png(cid)}' "

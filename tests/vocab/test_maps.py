@@ -14,7 +14,7 @@ def _maps(grid=(3, 3), size=(60, 30)):
     maps[1, -1, -1] = 1.0  # concept 1 the bottom-right patch
     return ConceptMaps(
         image=Image.new("RGB", size), image_id="case <1>", concept_ids=["c:a", "c:b"],
-        names=["alpha <b>", "beta"], maps=maps, scores=np.array([0.2, 0.7]),
+        concept_names={"c:a": "alpha <b>", "c:b": "beta"}, maps=maps, scores=np.array([0.2, 0.7]),
         covered_fraction=(0.9, 0.9),
     )
 
@@ -39,6 +39,18 @@ def test_lookup_by_id_or_name_and_unknown_concept():
         maps.map("c:zzz")
 
 
+def test_concept_names_are_a_dict_like_score_tables():
+    from conceptlens.errors import DeprecatedNameWarning
+
+    maps = _maps()
+    assert maps.concept_names == {"c:a": "alpha <b>", "c:b": "beta"}
+    with pytest.warns(DeprecatedNameWarning, match="concept_names"):
+        assert maps.names == ["alpha <b>", "beta"]
+    listed = ConceptMaps(image=Image.new("RGB", (4, 4)), image_id="x", concept_ids=["a", "b"],
+                         concept_names=["A", "B"], maps=np.zeros((2, 2, 2)), scores=np.zeros(2))
+    assert listed.concept_names == {"a": "A", "b": "B"}
+
+
 def test_html_escapes_user_strings_and_embeds_overlays():
     out = _maps()._repr_html_()
     assert "case &lt;1&gt;" in out and "alpha &lt;b&gt;" in out and "<b>alpha" not in out
@@ -48,7 +60,7 @@ def test_html_escapes_user_strings_and_embeds_overlays():
 def test_shape_validation():
     with pytest.raises(ValueError, match="K = 2"):
         ConceptMaps(image=Image.new("RGB", (4, 4)), image_id="x", concept_ids=["a", "b"],
-                    names=["a", "b"], maps=np.zeros((3, 2, 2)), scores=np.zeros(2))
+                    concept_names=["a", "b"], maps=np.zeros((3, 2, 2)), scores=np.zeros(2))
 
 
 def test_covered_fraction_matches_conceptclip_geometry():
