@@ -866,7 +866,7 @@ class ConceptScorer:
             image=loaded.image,
             image_id=source.image_id,
             concept_ids=[ids[i] for i in indices],
-            names=[names[ids[i]] for i in indices],
+            concept_names={ids[i]: names[ids[i]] for i in indices},
             maps=patch.reshape(len(indices), *grid).float().cpu().numpy(),
             scores=scores.float().cpu().numpy(),
             covered_fraction=covered_fraction(self.backbone, grid),
