@@ -6,6 +6,7 @@ into a labelled :class:`ConceptScores` table with global and local (patch-level)
 plus concept maps, annotation evaluation, zero-shot classification and retrieval.
 """
 
+from conceptlens._deprecation import renamed_module_attributes
 from conceptlens.vocab.cache import FeatureCache
 from conceptlens.vocab.calibration import ConceptCalibrator, calibration_report
 from conceptlens.vocab.concept import Concept, VocabularyError
@@ -22,7 +23,7 @@ from conceptlens.vocab.prompts import (
     build_prompts,
 )
 from conceptlens.vocab.reference import EmbeddingReference
-from conceptlens.vocab.scorer import ConceptScorer, ScoringConfig, available_presets
+from conceptlens.vocab.scorer import ConceptScorer, ScoringConfig, list_presets
 from conceptlens.vocab.scores import ConceptScores
 from conceptlens.vocab.vocabulary import ConceptVocabulary, list_vocabularies
 from conceptlens.vocab.zeroshot import retrieve_concepts, retrieve_images, zero_shot_classify
@@ -46,7 +47,7 @@ __all__ = [
     "PromptTemplate",
     "ScoringConfig",
     "VocabularyError",
-    "available_presets",
+    "list_presets",
     "list_vocabularies",
     "build_prompts",
     "calibration_report",
@@ -57,3 +58,5 @@ __all__ = [
     "retrieve_images",
     "zero_shot_classify",
 ]
+
+__getattr__ = renamed_module_attributes(__name__, {"available_presets": "list_presets"})

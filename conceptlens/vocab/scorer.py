@@ -86,6 +86,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from conceptlens._deprecation import deprecated_alias
 from conceptlens.models.base import Backbone
 from conceptlens.models.images import LoadedImage
 from conceptlens.vocab.batching import FeatureBatch, auto_batch_size, iter_feature_batches
@@ -114,7 +115,7 @@ from conceptlens.vocab.textbank import (
 )
 
 __all__ = ["ENGINES", "PRESETS", "ConceptScorer", "ScoredFile", "ScoringConfig",
-           "available_presets", "clear_text_memo"]
+           "clear_text_memo", "list_presets"]
 
 # Moved to their own modules (issue 16); importable from here as before.
 _REEXPORTED = (FeatureBatch, TextBank, covered_fraction, encode_text_vectors, iter_feature_batches,
@@ -245,8 +246,13 @@ def _derm7pt_preset() -> dict[str, Any]:
 PRESETS: dict[str, Any] = {"derm7pt": _derm7pt_preset}
 
 
-def available_presets() -> list[str]:
-    """Names accepted by :meth:`ConceptScorer.from_preset`."""
+def list_presets() -> list[str]:
+    """Names accepted by :meth:`ConceptScorer.from_preset`, sorted.
+
+    Examples:
+        >>> list_presets()
+        ['derm7pt']
+    """
     return sorted(PRESETS)
 
 
@@ -257,6 +263,9 @@ def available_presets() -> list[str]:
 
 class ConceptScorer:
     """Score images against a concept vocabulary with global and local alignment.
+
+available_presets = deprecated_alias(list_presets, "available_presets")
+
 
     Args:
         backbone: Any :class:`~conceptlens.models.Backbone`; device and dtype come from it.
@@ -395,7 +404,7 @@ class ConceptScorer:
         defaults, ``text_token="span"`` and ``aggregation="max"``, which follow RC-Align).
 
         Args:
-            name: One of :func:`available_presets`.
+            name: One of :func:`list_presets`.
             backbone: The backbone.
             vocabulary: The vocabulary.
             **overrides: Any keyword of :class:`ConceptScorer` (e.g. ``cache_dir``).
@@ -404,7 +413,7 @@ class ConceptScorer:
             KeyError: Unknown preset name.
         """
         if name not in PRESETS:
-            raise KeyError(f"unknown scoring preset {name!r}; available: {', '.join(available_presets())}")
+            raise KeyError(f"unknown scoring preset {name!r}; available: {', '.join(list_presets())}")
         kwargs = {**PRESETS[name](), "preset": name, **overrides}
         return cls(backbone, vocabulary, **kwargs)
 

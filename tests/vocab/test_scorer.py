@@ -3,11 +3,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conceptlens.errors import DeprecatedNameWarning
 from conceptlens.models import ConceptCLIPBackbone, create_reference_model
 from conceptlens.vocab.cache import FeatureCache
 from conceptlens.vocab.concept import Concept
 from conceptlens.vocab.prompts import DERM7PT_TEMPLATE, PromptTemplate
-from conceptlens.vocab.scorer import ConceptScorer, ScoringConfig, available_presets
+from conceptlens.vocab.scorer import ConceptScorer, ScoringConfig, available_presets, list_presets
 from conceptlens.vocab.vocabulary import ConceptVocabulary
 from tests.helpers.fakes import DynamicPaddingFakeBackbone, FakeBackbone, make_image
 
@@ -278,7 +279,9 @@ def test_invalid_settings_raise_clear_errors(backbone, vocabulary):
         ConceptScorer(backbone, ["streaks"])
     with pytest.raises(ValueError, match="pixel_values"):
         ConceptScorer(backbone, vocabulary).score_tensor(torch.zeros(3, 18, 18))
-    assert "derm7pt" in available_presets()
+    assert "derm7pt" in list_presets()
+    with pytest.warns(DeprecatedNameWarning, match="list_presets"):
+        assert available_presets() == list_presets()
 
 
 def test_concept_maps_one_forward_for_all_concepts(backbone, vocabulary, images):
