@@ -8,9 +8,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conceptlens.concepts import SparseLinearBottleneck, audit
+from conceptlens.concepts import HybridBottleneck, SparseLinearBottleneck, audit
 from conceptlens.demo import generate
-from conceptlens.explain.report import audit_report, explain_images, model_notice
+from conceptlens.explain.report import (
+    Text,
+    audit_report,
+    explain_images,
+    hybrid_parts,
+    model_notice,
+)
+from conceptlens.explain.report.builders import concept_deviations, reason_text
 from conceptlens.models import load_backbone
 from conceptlens.vocab import ConceptScorer, ConceptScores, ConceptVocabulary
 from tests.browser import inspect_page, require_browser
@@ -66,6 +73,75 @@ def test_explanation_report_contents(explanation, demo_setup):
         total = facts["intercept"] + sum(r["contribution"] for r in table["rows"])
         assert total == pytest.approx(facts["decision value"], abs=1e-6)
         assert 0.5 <= facts["confidence"] <= 1.0
+
+
+def test_workflow_words_reasons_by_low_scores_and_adds_extra_sections(demo_setup):
+    """The workflow hands its bottleneck to the report: a reason that comes from a low score
+    is worded "low X score (+n toward class)" (issue 16); ``extra=`` sections follow the images."""
+    _, scorer, images, scores, _, bottleneck, _ = demo_setup
+    deviations = concept_deviations(bottleneck, scores)
+    contributions = bottleneck.contributions(scores)
+    predicted = bottleneck.predict(scores)
+    chosen = None
+    for i, image_id in enumerate(scores.image_ids):  # an image whose top reasons include a low score
+        towards = contributions.for_class(predicted[i]).loc[image_id]
+        top = towards.abs().sort_values(ascending=False).index[:3]
+        if any(deviations.loc[image_id, c] < 0 and towards[c] != 0 for c in top):
+            chosen = image_id
+            break
+    assert chosen is not None
+    note = Text("A note from the caller", text="hello")
+    report, _ = explain_images(scorer, {chosen: images[chosen]}, bottleneck=bottleneck, method=None,
+                               scores=None, extra=[note])
+    headline = report.summary.headline
+    names = dict(scores.concept_names)
+    towards = contributions.for_class(predicted[scores.image_ids.index(chosen)]).loc[chosen]
+    for concept in towards.abs().sort_values(ascending=False).index[:3]:
+        expected = reason_text(names.get(concept, concept), float(towards[concept]),
+                               float(deviations.loc[chosen, concept]), str(predicted[scores.image_ids.index(chosen)]))
+        assert expected in headline
+    assert "low " in headline and " score (+" in headline
+    titles = [s.title for s in report.sections]
+    assert "A note from the caller" in titles
+    assert titles.index("A note from the caller") > max(i for i, t in enumerate(titles) if t.startswith(chosen))
+
+
+@pytest.fixture(scope="module")
+def hybrid_setup(demo_setup):
+    _, scorer, images, scores, diagnosis, _, _ = demo_setup
+    embeddings = scorer.embed(images)
+    hybrid = HybridBottleneck(residual_C=1.0).fit(scores, diagnosis, embeddings=embeddings)
+    return embeddings, hybrid
+
+
+def test_hybrid_explanation_from_images(demo_setup, hybrid_setup):
+    """A hybrid bottleneck (PCBM-h) on image embeddings: the workflow takes each image's
+    embedding from the features it computes for the maps (no EmbeddingsError), and the
+    report states each decision's residual share (issue 16)."""
+    _, scorer, images, scores, _, _, _ = demo_setup
+    embeddings, hybrid = hybrid_setup
+    ids = list(images)[:3]
+    report, errors = explain_images(scorer, {i: images[i] for i in ids}, bottleneck=hybrid,
+                                    method="saliency", top_k=2)
+    assert errors.empty
+    parts = hybrid_parts(hybrid, scores.table.loc[ids], embeddings.loc[ids])
+    decisions = hybrid.decision_function(scores.table.loc[ids], embeddings=embeddings.loc[ids])
+    payload = report.to_dict()
+    for k, image_id in enumerate(ids):
+        facts = next(s["facts"] for s in payload["sections"]
+                     if s["kind"] == "facts" and s["facts"].get("image") == image_id)
+        assert facts["residual share"] == pytest.approx(parts.loc[image_id, "residual_share"], abs=1e-4)
+        assert facts["residual (image embedding)"] == pytest.approx(parts.loc[image_id, "residual"], abs=1e-4)
+        total = facts["intercept"] + facts["concepts (sum of contributions)"] + facts["residual (image embedding)"]
+        assert total == pytest.approx(facts["decision value"], abs=1e-6)
+        sign = 1.0 if facts["prediction"] == str(hybrid.classes_[1]) else -1.0
+        assert facts["decision value"] == pytest.approx(sign * decisions[k], abs=1e-4)
+        assert facts["prediction"] == parts.loc[image_id, "class"]
+    summary = payload["sections"][0]
+    assert "median residual share" in summary["numbers"]
+    assert all("the residual on the image embedding the other" in p for p in summary["points"])
+    titles = [s["title"] for s in payload["sections"]]
+    assert "Residual share of the decisions (hybrid bottleneck)" in titles
 
 
 def test_explanation_report_in_browser(explanation, tmp_path):

@@ -9,6 +9,7 @@ its top concept, a gradient attribution and that attribution's faithfulness verd
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -26,7 +27,6 @@ from conceptlens.explain.report.document import (
     Report,
     Summary,
     Table,
-    Text,
     interval,
     rounded,
 )
@@ -147,6 +147,58 @@ def dataset_tables(scores: Any, bottleneck: Any, labels: Sequence[Any], *,
     }
 
 
+def _rows_of(scores: Any, ids: Sequence[str], names: Mapping[str, str] | None = None) -> Any:
+    """The ``ConceptScores`` of the images ``ids`` only, in that order.
+
+    Parameters
+    ----------
+    scores : ConceptScores or pandas.DataFrame
+        Scores of a data set, one row per image.
+    ids : sequence of str
+        Image ids (as strings) of rows of ``scores``.
+    names : mapping, optional
+        Concept id -> preferred name, when ``scores`` is a DataFrame.
+
+    Returns
+    -------
+    ConceptScores
+        Those rows, with their input warnings and no errors.
+    """
+    from conceptlens.vocab.scores import ConceptScores
+
+    table = getattr(scores, "table", scores)
+    by_name = {str(i): i for i in table.index}
+    table = table.loc[[by_name[i] for i in ids]]
+    if not isinstance(scores, ConceptScores):
+        return ConceptScores(table, concept_names=dict(names or {}))
+    warnings = scores.warnings[scores.warnings["image_id"].astype(str).isin(set(ids))]
+    return dataclasses.replace(scores, table=table, errors=scores.errors.iloc[:0],
+                               warnings=warnings.reset_index(drop=True))
+
+
+def _embeddings_of(embeddings: Any, scores: Any, ids: Sequence[str]) -> pd.DataFrame | None:
+    """The embeddings of the images ``ids`` (indexed by them), or ``None`` when none are given.
+
+    Parameters
+    ----------
+    embeddings : pandas.DataFrame, array-like or None
+        Embeddings of every row of ``scores``: indexed by image id, or in the row order.
+    scores : ConceptScores or pandas.DataFrame
+        The scores they belong to.
+    ids : sequence of str
+        Image ids of rows of ``scores``.
+    """
+    if embeddings is None:
+        return None
+    if isinstance(embeddings, pd.DataFrame):
+        by_name = {str(i): i for i in embeddings.index}
+        if all(i in by_name for i in ids):
+            return embeddings.loc[[by_name[i] for i in ids]]
+    positions = {str(i): k for k, i in enumerate(getattr(scores, "table", scores).index)}
+    rows = np.asarray(embeddings, dtype=float)[[positions[i] for i in ids]]
+    return pd.DataFrame(rows, index=pd.Index(list(ids), name="image", dtype=object))
+
+
 def choose_cases(tables: Mapping[str, Any], labels: Sequence[Any], n_cases: int = 4) -> list[str]:
     """Representative cases: the most confident correct image of each class, then the most
     confident errors (a confident error is the most telling), ``n_cases`` in all."""
@@ -235,7 +287,8 @@ def dataset_report(
         bottleneck: A fitted concept bottleneck.
         labels: The true class of each row.
         scorer: The :class:`~conceptlens.vocab.ConceptScorer` the scores came from; with
-            ``images`` it draws the gallery (concept maps, attributions, faithfulness).
+            ``images`` it draws the gallery (concept maps, attributions, faithfulness) from
+            ``scores`` (the cases are not scored again; each is loaded once).
         images: Image id -> image source (PIL, array, path) for the gallery; without it (or
             without ``scorer``) the report has no gallery.
         n_cases: Representative cases in the gallery.
@@ -247,7 +300,8 @@ def dataset_report(
         max_rows: Rows shown per table (the JSON holds all).
         embeddings: Image embeddings (DataFrame indexed by image id) for a
             :class:`~conceptlens.concepts.HybridBottleneck` whose residual reads them; a hybrid
-            bottleneck adds each decision's residual share (summary, table, plot).
+            bottleneck adds each decision's residual share (summary, table, plot, and each
+            case of the gallery).
         extra: Further objects with a ``report_sections()`` method (TCAV, MPRT cascade,
             calibration, filtering, training results, ...) or report sections; with ``scorer``
             its learned concepts, calibration and filtering are added on their own.
@@ -258,14 +312,12 @@ def dataset_report(
     Raises:
         TypeError: An object in ``extra`` has no ``report_sections()``.
     """
-    from conceptlens.concepts.hybrid import EmbeddingsError
     from conceptlens.explain.report.workflows import explain_items
 
     tables = dataset_tables(scores, bottleneck, labels, embeddings=embeddings)
     residuals = tables["hybrid"]
     chained, chained_objects = chain_sections(scorer) if scorer is not None else ([], [])
     extras = extra_sections(extra, skip=chained_objects)
-    gallery_note = ""
     labels = np.asarray(labels).astype(str)
     accuracy, low, high = tables["accuracy"]
     drivers, groups = tables["drivers"], tables["error_groups"]
@@ -275,13 +327,14 @@ def dataset_report(
     if scorer is not None and images is not None and n_cases > 0:
         cases = [c for c in choose_cases(tables, labels, n_cases) if c in images]
         if cases:
-            try:
-                items, _ = explain_items(scorer, {c: images[c] for c in cases}, bottleneck=bottleneck,
-                                         method=method, top_k=top_k, n_steps=n_steps, max_images=None)
-            except EmbeddingsError as error:  # a hybrid bottleneck on embeddings: no gallery yet
-                gallery_note = f"The gallery of cases is left out: {error}."
-            if items:
-                _fill_from_bottleneck(items, bottleneck, embeddings)
+            # the scores computed already (nothing scored again); the embeddings given, else
+            # those of the features computed for the maps
+            case_embeddings = _embeddings_of(embeddings, scores, cases)
+            items, _ = explain_items(scorer, {c: images[c] for c in cases}, bottleneck=bottleneck,
+                                     method=method, top_k=top_k, n_steps=n_steps, max_images=None,
+                                     scores=_rows_of(scores, cases, scorer.concept_names),
+                                     embeddings=case_embeddings)
+            _fill_from_bottleneck(items, bottleneck, case_embeddings)
 
     points, values = [], {"accuracy": {"value": accuracy, "ci_low": low, "ci_high": high}}
     for cls in tables["classes"]:
@@ -349,8 +402,6 @@ def dataset_report(
         label_of = dict(zip(residuals.index, labels, strict=True))
         for section in hybrid_sections(residuals, bottleneck, max_rows=max_rows, labels=label_of):
             report.add(section)
-    if gallery_note:
-        report.add(Text("Representative cases", text=gallery_note))
 
     faith_rows = []
     for item in items:
@@ -361,10 +412,16 @@ def dataset_report(
                    f"{rounded((item.probabilities or {}).get(item.prediction))}; attribution {verdict}.")
         top = (item.contributions if item.contributions is not None else item.scores)
         top = top.reindex(top.abs().sort_values(ascending=False).index).head(top_k)
+        data = {"label": label, "prediction": item.prediction,
+                "contributions": {item.name(c): float(v) for c, v in top.items()}}
+        if item.residual_share is not None:  # hybrid: what the concepts leave to the residual
+            caption += (f" The concepts explain {rounded(100 * (1 - item.residual_share))}% of this "
+                        f"decision; the residual on the image embedding "
+                        f"{rounded(100 * item.residual_share)}%.")
+            data.update({"residual": item.residual, "residual_share": item.residual_share})
         report.add(Figures.from_matplotlib(
             f"Case {item.image_id} ({outcome})", _case_figure(item, label, top_k), caption=caption,
-            data={"label": label, "prediction": item.prediction,
-                  "contributions": {item.name(c): float(v) for c, v in top.items()}}))
+            data=data))
         card = item.faithfulness or {}
         faith_rows.append({"image": item.image_id, "outcome": outcome, "verdict": verdict,
                            "integration steps": card.get("n_steps"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -47,28 +48,42 @@ def explain_items(
     internal_batch_size: int | None = 8,
     max_images: int | None = 20,
     scores: Any = None,
+    embeddings: Any = None,
 ) -> tuple[list[ImageExplanation], Any]:
     """Compute the per-image explanations that :func:`explain_images` renders.
 
     Each image is loaded once: the scoring pass keeps the images it loads for the first
-    ``max_images``, and their concept maps and attributions are computed from that same
-    :class:`~conceptlens.models.images.LoadedImage`, its model input and its features (one
-    forward pass for the maps, none repeated by :func:`~conceptlens.explain.attribute`).
-    Scoring with DataLoader workers (large inputs) loads in the workers, so the explained
-    images are loaded once more here.
+    ``max_images``, and their concept maps, attributions and (for a hybrid bottleneck)
+    embeddings are computed from that same :class:`~conceptlens.models.images.LoadedImage`,
+    its model input and its features (one forward pass per image for the maps and the
+    embedding, none repeated by :func:`~conceptlens.explain.attribute`). Scoring with
+    DataLoader workers (large inputs) loads in the workers, so the explained images are
+    loaded once more here.
 
-    Args:
-        scorer, images, bottleneck, method, top_k, n_steps, internal_batch_size, max_images:
-            As :func:`explain_images`.
-        scores: The images' :class:`~conceptlens.vocab.ConceptScores` when already
-            computed with this scorer; then nothing is scored again.
+    Parameters
+    ----------
+    scorer, images, bottleneck, method, top_k, n_steps, internal_batch_size, max_images
+        As :func:`explain_images`.
+    scores : ConceptScores, optional
+        The images' :class:`~conceptlens.vocab.ConceptScores` when already computed with this
+        scorer; then nothing is scored again.
+    embeddings : pandas.DataFrame, optional
+        Image embeddings indexed by image id, for a
+        :class:`~conceptlens.concepts.HybridBottleneck` whose residual reads them (e.g. the
+        ones it was evaluated on). Default: the global embeddings of the features computed
+        here for the maps (what :meth:`ConceptScorer.embed` returns for these images).
 
-    Returns:
-        ``(explanations, scores)``: one :class:`ImageExplanation` per explained image and the
-        ``ConceptScores`` of every image (its ``errors`` name the images that failed).
+    Returns
+    -------
+    explanations : list of ImageExplanation
+        One per explained image; for a hybrid bottleneck with its ``residual`` and
+        ``residual_share``.
+    scores : ConceptScores
+        The scores of every image (its ``errors`` name the images that failed).
     """
     from conceptlens.explain import attribute
     from conceptlens.explain.faithfulness import faithfulness_card
+    from conceptlens.explain.report.extras import hybrid_parts, is_hybrid, model_kwargs
     from conceptlens.vocab.sources import iter_image_sources
 
     sources = {source.image_id: source for source in iter_image_sources(images)}
@@ -84,18 +99,35 @@ def explain_items(
     if missing:
         raise ValueError(f"scores name images that are not among the images given: {missing[:5]}")
 
-    contributions = predictions = probabilities = None
+    # each image once: loaded, preprocessed and encoded (the maps and the embedding read the features)
+    backbone = scorer.backbone
+    inputs: list[tuple[Any, Any, Any]] = []
+    for image_id in ids:
+        loaded = kept.load(sources[image_id])
+        pixels = backbone.preprocess([loaded.image]).to(backbone.device).float()
+        inputs.append((loaded, pixels, backbone.encode_images(pixels)))
+
+    contributions = predictions = probabilities = parts = None
     if bottleneck is not None:
         subset = scores.table.loc[ids]
-        predictions = bottleneck.predict(subset)
-        probabilities = pd.DataFrame(bottleneck.predict_proba(subset), index=ids,
+        if is_hybrid(bottleneck) and bottleneck.uses_embeddings_ and embeddings is None:
+            embeddings = pd.DataFrame(
+                np.stack([features.global_embeds[0].detach().float().cpu().numpy()
+                          for _, _, features in inputs]),
+                index=pd.Index(ids, name="image", dtype=object))
+        elif isinstance(embeddings, pd.DataFrame):
+            embeddings = embeddings.loc[ids]
+        kwargs = model_kwargs(bottleneck, embeddings)
+        predictions = bottleneck.predict(subset, **kwargs)
+        probabilities = pd.DataFrame(bottleneck.predict_proba(subset, **kwargs), index=ids,
                                      columns=[str(c) for c in bottleneck.classes_])
         contributions = bottleneck.contributions(subset)
+        parts = hybrid_parts(bottleneck, subset, embeddings, predicted=list(predictions))
 
-    backbone = scorer.backbone
     explanations: list[ImageExplanation] = []
     for i, image_id in enumerate(ids):
-        loaded = kept.load(sources[image_id])
+        loaded, pixels, features = inputs[i]
+        inputs[i] = (None, None, None)  # let the features go once used
         row = scores.table.loc[image_id]
         item = ImageExplanation(image_id=str(image_id), image=loaded.image, scores=row, concept_names=names,
                                 warnings=scores.warnings_for(image_id))
@@ -108,12 +140,13 @@ def explain_items(
             # the decision at the training mean: the class's intercept plus its weights there
             weights, intercept = bottleneck.class_weights(pred)
             item.intercept = float(intercept + weights @ bottleneck.mean_)
+            if parts is not None:  # hybrid (PCBM-h): the residual's part of the decision
+                item.residual = float(parts["residual"].iloc[i])
+                item.residual_share = float(parts["residual_share"].iloc[i])
             top = list(item.contributions.abs().sort_values(ascending=False).index[:top_k])
         else:
             top = list(row.sort_values(ascending=False).index[:top_k])
-        # one model input and one forward pass for the maps; the attribution starts from both
-        pixels = backbone.preprocess([loaded.image]).to(backbone.device).float()
-        maps = scorer.concept_maps(loaded, concepts=top, features=backbone.encode_images(pixels))
+        maps = scorer.concept_maps(loaded, concepts=top, features=features)
         item.maps = {c: np.asarray(maps.upsampled(c)) for c in top}
         if method:
             if bottleneck is not None:
@@ -163,7 +196,7 @@ def explain_images(
     images: Any,
     *,
     bottleneck: Any = None,
-    method: str = "integrated_gradients",
+    method: str | None = "integrated_gradients",
     top_k: int = 4,
     n_steps: int | str = "auto",
     internal_batch_size: int | None = 8,
@@ -171,45 +204,78 @@ def explain_images(
     notice: str | None = None,
     title: str = "Concept explanation report",
     scores: Any = None,
+    embeddings: Any = None,
+    extra: Sequence[Any] | None = None,
 ) -> tuple[Report, pd.DataFrame]:
     """Explain images end to end and return the report plus the images that failed.
 
-    For each image: input warnings, concept scores; with a ``bottleneck``, the predicted class, its
-    probabilities and each concept's signed contribution; the concept maps of the ``top_k``
-    concepts (one forward pass); and a gradient attribution of the predicted class (or,
-    without a bottleneck, of the top concept) with ``method``, with its faithfulness card
-    (:func:`conceptlens.explain.faithfulness_card`).
+    For each image: input warnings, concept scores; with a ``bottleneck``, the predicted class,
+    its probabilities and each concept's signed contribution, worded by whether the score is
+    high or low ("low X score (+5.4 toward benign)"), and for a
+    :class:`~conceptlens.concepts.HybridBottleneck` the residual's share of the decision; the
+    concept maps of the ``top_k`` concepts (one forward pass); and a gradient attribution of
+    the predicted class (or, without a bottleneck, of the top concept) with ``method``, with
+    its faithfulness card (:func:`conceptlens.explain.faithfulness_card`). Then the sections
+    of what the scorer carries (concepts learned from examples, calibration, filtering; see
+    :mod:`conceptlens.explain.report.extras`) and of every object in ``extra``.
 
-    Args:
-        scorer: A :class:`~conceptlens.vocab.ConceptScorer`.
-        images: Anything :meth:`ConceptScorer.score` accepts.
-        bottleneck: A fitted concept bottleneck (optional).
-        method: Attribution method for :func:`conceptlens.explain.attribute`; ``None`` skips it.
-        top_k: Concepts shown per image.
-        n_steps: Integration steps of path methods (``"auto"``: until converged, see
-            :func:`conceptlens.explain.attribute`).
-        internal_batch_size: Bound on inputs per forward/backward pass during attribution.
-        max_images: At most this many images are explained (the first ones scored).
-        notice: Warning shown on top of the report.
-        title: Page title.
-        scores: The images' :class:`~conceptlens.vocab.ConceptScores` when already computed
-            with ``scorer``; then the images are not scored again (each explained image is
-            loaded once, for its maps and attribution).
+    Parameters
+    ----------
+    scorer : ConceptScorer
+        A :class:`~conceptlens.vocab.ConceptScorer`.
+    images : object
+        Anything :meth:`ConceptScorer.score` accepts.
+    bottleneck : object, optional
+        A fitted concept bottleneck.
+    method : str or None
+        Attribution method for :func:`conceptlens.explain.attribute`; ``None`` skips it.
+    top_k : int
+        Concepts shown per image.
+    n_steps : int or "auto"
+        Integration steps of path methods (``"auto"``: until converged, see
+        :func:`conceptlens.explain.attribute`).
+    internal_batch_size : int or None
+        Bound on inputs per forward/backward pass during attribution.
+    max_images : int or None
+        At most this many images are explained (the first ones scored).
+    notice : str, optional
+        Warning shown on top of the report.
+    title : str
+        Page title.
+    scores : ConceptScores, optional
+        The images' :class:`~conceptlens.vocab.ConceptScores` when already computed with
+        ``scorer``; then the images are not scored again (each explained image is loaded
+        once, for its maps, embedding and attribution).
+    embeddings : pandas.DataFrame, optional
+        Image embeddings indexed by image id for a hybrid bottleneck whose residual reads
+        them; default: computed from the images with the maps (see :func:`explain_items`).
+    extra : sequence, optional
+        Further objects with a ``report_sections()`` method (a TCAV result, an MPRT cascade,
+        a calibration report, a filtering result, ...) or report sections.
 
-    Returns:
-        ``(report, errors)``: the :class:`Report` and a DataFrame of skipped images with reasons.
+    Returns
+    -------
+    report : Report
+        The explanation report.
+    errors : pandas.DataFrame
+        The images that were skipped, with reasons.
+
+    Raises
+    ------
+    TypeError
+        An object in ``extra`` has no ``report_sections()``.
     """
     explanations, scores = explain_items(scorer, images, bottleneck=bottleneck, method=method, top_k=top_k,
                                          n_steps=n_steps, internal_batch_size=internal_batch_size,
-                                         max_images=max_images, scores=scores)
+                                         max_images=max_images, scores=scores, embeddings=embeddings)
     backbone = scorer.backbone.identity.to_dict()
     vocabulary = {"name": getattr(scorer.vocabulary, "name", ""), "hash": scorer.vocabulary.hash,
                   "concepts": len(scorer.vocabulary)}
-    extra = {}
+    facts = {}
     if bottleneck is not None:
-        extra = {"bottleneck": type(bottleneck).__name__,
+        facts = {"bottleneck": type(bottleneck).__name__,
                  "classes": [str(c) for c in bottleneck.classes_]}
     report = explanation_report(explanations, title=title, backbone=backbone, vocabulary=vocabulary,
-                                scoring=dict(scores.config), extra_facts=extra, notice=notice,
-                                top_k=max(top_k, 8))
+                                scoring=dict(scores.config), extra_facts=facts, notice=notice,
+                                top_k=max(top_k, 8), scorer=scorer, bottleneck=bottleneck, extra=extra)
     return report, scores.errors
