@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import errno
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from conceptlens.errors import ConceptlensError
 
-__all__ = ["FileAccessError", "FileContentError", "describe_os_error", "file_errors",
-           "os_error_reason", "read_text_limited"]
+__all__ = ["FileAccessError", "FileContentError", "atomic_write_text", "describe_os_error",
+           "file_errors", "os_error_reason", "read_text_limited"]
 
 #: Largest text file (vocabulary, YAML, JSON) read by default: 64 MiB.
 DEFAULT_MAX_TEXT_BYTES = 64 * 1024 * 1024
@@ -124,3 +125,16 @@ def read_text_limited(path: str | os.PathLike, *, what: str,
     except UnicodeDecodeError as error:
         raise FileContentError(path, f"read {what}", f"not {encoding.upper()} text (bad byte "
                                f"at offset {error.start})") from None
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8, newlines as given) to ``path`` through a temporary file in the
+    same folder and an atomic rename: readers see the old file or the new one, never half."""
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
+            stream.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -24,14 +24,13 @@ import csv
 import io
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from conceptlens._io.files import file_errors
+from conceptlens._io.files import atomic_write_text, file_errors
 from conceptlens.errors import ConceptlensError
 
 __all__ = [
@@ -133,14 +132,7 @@ def write_csv(frame: pd.DataFrame, path: str | os.PathLike, *, index: bool = Tru
     text = safe.to_csv(index=index, index_label=label, lineterminator="\n", quoting=quoting)
     with file_errors(path, f"write {what}"):
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
-                stream.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(path, text)
     return path
 
 

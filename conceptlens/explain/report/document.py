@@ -4,34 +4,5 @@ The implementation lives in :mod:`conceptlens._html.document` (below every layer
 result objects anywhere can return report sections); this module is its public home.
 """
 
-from conceptlens._html.document import (
-    Contents,
-    Facts,
-    Figures,
-    Gallery,
-    Report,
-    Section,
-    Summary,
-    Table,
-    Text,
-    figure_to_data_uri,
-    image_to_data_uri,
-    interval,
-    rounded,
-)
-
-__all__ = [
-    "Contents",
-    "Facts",
-    "Summary",
-    "interval",
-    "rounded",
-    "Figures",
-    "Gallery",
-    "Report",
-    "Section",
-    "Table",
-    "Text",
-    "figure_to_data_uri",
-    "image_to_data_uri",
-]
+from conceptlens._html.document import *  # noqa: F403
+from conceptlens._html.document import __all__  # noqa: F401

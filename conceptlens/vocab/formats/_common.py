@@ -7,14 +7,12 @@ any :class:`VocabularyLike`; so the formats never import the vocabulary class.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from conceptlens._io.files import FileContentError, read_text_limited
+from conceptlens._io.files import FileContentError, atomic_write_text, read_text_limited
 from conceptlens.vocab.concept import Concept, VocabularyError
 
 __all__ = [
@@ -127,18 +125,6 @@ def build_vocabulary(
         description=meta.get("description") or "",
         modality=meta.get("modality") or "",
     )
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder."""
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
-            stream.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_vocabulary_text(path: Path, *, encoding: str = "utf-8") -> str:
