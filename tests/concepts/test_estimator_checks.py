@@ -17,6 +17,7 @@ from conceptlens.concepts import (
 @parametrize_with_checks(
     [
         SparseLinearBottleneck(Cs=5, cv=2, max_iter=200),
+        SparseLinearBottleneck(Cs=5, cv=2, max_iter=200, solver="saga"),
         AssociationBottleneck(n_epochs=100),
         HybridBottleneck(SparseLinearBottleneck(Cs=5, cv=2, max_iter=200), residual_C=1.0),
         MultiLabelBottleneck(SparseLinearBottleneck(Cs=5, cv=2, max_iter=200)),
