@@ -667,12 +667,7 @@ class FeatureCache:
                 db.execute("DELETE FROM paths")
             for path in self.shard_dir.glob("*"):
                 _remove(path)
-            for path, _ in list(self._v1_entries()):
-                _remove(path)
-            for sub in self.directory.iterdir():
-                if sub.is_dir() and len(sub.name) == 2:
-                    with contextlib.suppress(OSError):
-                        sub.rmdir()
+            self._remove_v1_entries()
             return removed
 
     # -- format 1 -------------------------------------------------------------------------------
@@ -685,6 +680,15 @@ class FeatureCache:
                 continue
             with contextlib.suppress(OSError):
                 yield path, path.stat().st_size
+
+    def _remove_v1_entries(self) -> None:
+        """Delete every format-1 entry file and the two-letter folders they leave empty."""
+        for path, _ in list(self._v1_entries()):
+            _remove(path)
+        for sub in self.directory.iterdir():
+            if sub.is_dir() and len(sub.name) == 2:
+                with contextlib.suppress(OSError):
+                    sub.rmdir()
 
     def migrate(self) -> int:
         """Move format-1 entries (one ``.npz`` each) into shards; unreadable ones are deleted.
@@ -705,12 +709,7 @@ class FeatureCache:
                     self.put(key, features.global_embed, features.patch_embeds, features.grid_size)
                     moved += 1
             self.flush()
-            for path, _ in list(self._v1_entries()):
-                _remove(path)
-            for sub in self.directory.iterdir():
-                if sub.is_dir() and len(sub.name) == 2:
-                    with contextlib.suppress(OSError):
-                        sub.rmdir()
+            self._remove_v1_entries()
         return moved
 
     def __repr__(self) -> str:
