@@ -382,6 +382,12 @@ class ConceptBottleneckBase(ClassifierMixin, BaseEstimator):
         d0 = self._decision(transform_scores(X_arr, how))
         d1 = self._decision(transform_scores(X_new, how))
         index = pd.Index(sample_ids, name="sample")
+        return self._intervention_result(d0, d1, index, applied)
+
+    def _intervention_result(
+        self, d0: np.ndarray, d1: np.ndarray, index: pd.Index, values: dict[str, Any]
+    ) -> InterventionResult:
+        """Labelled :class:`InterventionResult` from decisions ``(n, n_outputs)`` before/after."""
         outs = [str(c) for c in self.output_classes_]
         classes = [str(c) for c in self.classes_]
         return InterventionResult(
@@ -391,7 +397,7 @@ class ConceptBottleneckBase(ClassifierMixin, BaseEstimator):
             decision_after=pd.DataFrame(d1, index=index, columns=outs),
             proba_before=pd.DataFrame(self._proba_from_decision(d0), index=index, columns=classes),
             proba_after=pd.DataFrame(self._proba_from_decision(d1), index=index, columns=classes),
-            values=applied,
+            values=values,
         )
 
     # ------------------------------------------------------------------ persistence

@@ -423,17 +423,7 @@ class HybridBottleneck(ConceptBottleneckBase):
         r = self._residual(self._embeddings(embeddings, X, X_t, fitting=False))
         d0 = base.decision_before.to_numpy() + r
         d1 = base.decision_after.to_numpy() + r
-        index, outs = base.decision_before.index, base.decision_before.columns
-        classes = base.proba_before.columns
-        return InterventionResult(
-            predictions_before=pd.Series(self._labels_from_decision(d0), index=index, name="prediction"),
-            predictions_after=pd.Series(self._labels_from_decision(d1), index=index, name="prediction"),
-            decision_before=pd.DataFrame(d0, index=index, columns=outs),
-            decision_after=pd.DataFrame(d1, index=index, columns=outs),
-            proba_before=pd.DataFrame(self._proba_from_decision(d0), index=index, columns=classes),
-            proba_after=pd.DataFrame(self._proba_from_decision(d1), index=index, columns=classes),
-            values=base.values,
-        )
+        return self._intervention_result(d0, d1, base.decision_before.index, base.values)
 
     def _restore_after_load(self) -> None:
         check_is_fitted(self, "residual_coef_")
