@@ -85,6 +85,27 @@ def test_explain_writes_report_pair(workspace, capsys):
     data = json.loads((workspace / "explain" / "explanation.json").read_text())
     assert data["kind"] == "explanation" and "lesion_00.png" in page
     assert "broken.png" in stderr
+    _assert_reasons_worded(data, workspace / "model")
+
+
+def _assert_reasons_worded(data, model):
+    """Each image's reasons in the summary are worded with the bottleneck's reference: "low X
+    score (+n toward class)" where the score is below the training mean (issue 16)."""
+    from conceptlens.concepts import load_bottleneck
+    from conceptlens.explain.report.builders import concept_deviations, reason_text
+
+    bottleneck = load_bottleneck(model)
+    summary = data["sections"][0]
+    points = summary["points"] or [summary["headline"]]
+    assert len(points) == len(summary["values"]) >= 1
+    for point, (image_id, values) in zip(points, summary["values"].items(), strict=True):
+        table = next(s for s in data["sections"] if s["title"] == f"{image_id}: concept table")
+        rows = {r["concept"]: r for r in table["rows"]}
+        scores = pd.Series({r["concept id"]: r["score"] for r in table["rows"]})
+        deviations = concept_deviations(bottleneck, scores.reindex(list(bottleneck.concept_ids_))).iloc[0]
+        for name, contribution in values["top_reasons"].items():
+            concept = rows[name]["concept id"]
+            assert reason_text(name, contribution, deviations[concept], values["prediction"]) in point
 
 
 def test_audit_flags_the_copied_artifact(workspace, capsys):
@@ -146,6 +167,7 @@ def test_explain_defaults_are_converged_and_use_the_bottlenecks_score_space(work
     settings = next(s["facts"] for s in data["sections"] if "facts" in s
                     and "scoring calibration" in s["facts"])
     assert settings["scoring calibration"] == "sigmoid"  # from the bottleneck, not the scorer default
+    _assert_reasons_worded(data, workspace / "model")
 
 
 @pytest.mark.parametrize("steps", ["0", "-3", "lots"])

@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from conceptlens.concepts import SparseLinearBottleneck
+from conceptlens._html.document import _format_cell
+from conceptlens.concepts import HybridBottleneck, SparseLinearBottleneck
 from conceptlens.demo import generate
-from conceptlens.explain.report import dataset_report
+from conceptlens.explain.report import dataset_report, hybrid_parts
 from conceptlens.explain.report.dataset import choose_cases, dataset_tables
-from conceptlens.explain.report.document import _format_cell
 from conceptlens.models import load_backbone
 from conceptlens.vocab import ConceptScorer, ConceptVocabulary
 from tests.browser import headless_chromium, require_browser
@@ -111,6 +111,37 @@ def test_dataset_report_in_browser(setup, tmp_path):
         assert title in titles
     faith = next(s for s in payload["sections"] if s["title"] == "Faithfulness of the attributions shown")
     assert len(faith["rows"]) == 3 and all(r["verdict"] for r in faith["rows"])
+
+
+def test_dataset_report_of_a_hybrid_bottleneck_has_its_gallery(setup, monkeypatch):
+    """A hybrid bottleneck (PCBM-h) on image embeddings gets its gallery too, each case with its
+    residual share; the gallery reads the scores given (nothing is scored again) (issue 16)."""
+    scorer, images, scores, diagnosis, _ = setup
+    embeddings = scorer.embed(images)
+    hybrid = HybridBottleneck(residual_C=1.0).fit(scores.table.iloc[:45], diagnosis[:45],
+                                                  embeddings=embeddings.iloc[:45])
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("the data-set report scored its cases again")
+
+    monkeypatch.setattr(scorer, "score", no_scoring)
+    report = dataset_report(scores, hybrid, diagnosis, scorer=scorer, images=images, n_cases=3,
+                            method="saliency", embeddings=embeddings)
+    payload = report.to_dict()
+    cases = [s for s in payload["sections"] if s["title"].startswith("Case ")]
+    assert len(cases) == 3
+    parts = hybrid_parts(hybrid, scores, embeddings)
+    for case in cases:
+        image_id = case["title"].split(" ")[1]
+        assert case["data"]["prediction"] == parts.loc[image_id, "class"]
+        assert case["data"]["residual_share"] == pytest.approx(parts.loc[image_id, "residual_share"], abs=1e-6)
+        assert "the residual on the image embedding" in case["caption"]
+    assert not any("left out" in str(s.get("text", "")) for s in payload["sections"])
+    summary = payload["sections"][0]
+    assert "median residual share" in summary["numbers"]
+    assert any(p.startswith("Hybrid bottleneck:") for p in summary["points"])
+    faith = next(s for s in payload["sections"] if s["title"] == "Faithfulness of the attributions shown")
+    assert len(faith["rows"]) == 3
 
 
 def test_report_command_writes_dataset_html_and_json(tmp_path, capsys):
