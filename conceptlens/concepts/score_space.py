@@ -34,7 +34,7 @@ INPUT_TRANSFORMS: dict[str, str] = {
 """Transforms a bottleneck may apply to its input scores, and what each computes."""
 
 SCORE_SPACE_KEYS = ("mode", "alpha", "aggregation", "top_k", "calibration", "text_token",
-                    "synonyms", "templates")
+                    "synonyms", "templates", "reference_word")
 """Scorer settings that change the numbers a bottleneck reads (``batch_size``, ``preset``
 name and the like do not)."""
 

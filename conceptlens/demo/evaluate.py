@@ -1,6 +1,9 @@
 """Check a model against the synthetic ground truth: annotation AUC, pointing game, bottleneck.
 
-The three numbers of the demo model's quality bars, computed directly from model outputs:
+The three numbers of the demo model's quality bars, computed through the library: concept
+scores, concept maps and the two per-concept metrics come from
+:func:`conceptlens.train.evaluate_concept_model` (that is, from
+:class:`~conceptlens.vocab.ConceptScorer` configured by :data:`DEMO_SCORING`):
 
 * **zero-shot concept annotation**: for each concept the prompt
   ``"This is dermatoscopy of {name}."`` against the reference ``"This is dermatoscopy."``;
@@ -8,11 +11,12 @@ The three numbers of the demo model's quality bars, computed directly from model
   score ``softmax`` over the pair of the patch-pooled ``concept_logit_scale * cos(patch,
   concept)``, where the concept vector is the L2-normalised mean of the prompt's token
   features over the concept name's span (for the reference prompt: over its modality word
-  ``dermatoscopy``, which training aligns with every image);
-  final score ``0.5 * global + 0.5 * local``; ROC-AUC per concept.
-* **pointing game**: the concept map ``concept_logit_scale * cos(patch, concept)`` on the
-  patch grid; a hit when its maximum lies on a patch that overlaps the concept's mask
-  (optionally within ``tolerance`` patches of one).
+  ``dermatoscopy``, which training aligns with every image; ``reference_word`` of the
+  scoring configuration); final score ``0.5 * global + 0.5 * local``; ROC-AUC per concept.
+* **pointing game**: the concept map ``cos(patch, concept)`` on the patch grid (the
+  scorer's ``"cosine"`` maps, whose maximum is that of ``concept_logit_scale * cos``); a hit
+  when its maximum lies on a patch that overlaps the concept's mask (optionally within
+  ``tolerance`` patches of one).
 * **sparse bottleneck**: L1 logistic regression on the standardised log-odds of the concept
   scores of one half of the sample (the scores are probabilities, often tiny: log-odds make
   the evidence additive), diagnosis accuracy on the other half, and which concepts carry the
@@ -21,28 +25,33 @@ The three numbers of the demo model's quality bars, computed directly from model
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
+from conceptlens.concepts.score_space import transform_scores
 from conceptlens.demo.generator import (
     CONCEPT_IDS,
     CRITERIA_IDS,
     SyntheticDermoscopy,
     concept_synonyms,
     generate,
-    patch_masks,
 )
-from conceptlens.train.core import pixels_from_uint8
+from conceptlens.models.base import Backbone
+from conceptlens.models.conceptclip import ConceptCLIPBackbone
+from conceptlens.train.evaluation import evaluate_concept_model
+from conceptlens.vocab.prompts import PromptTemplate
+from conceptlens.vocab.scorer import ScoringConfig
+from conceptlens.vocab.vocabulary import ConceptVocabulary
 
 __all__ = [
+    "DEMO_SCORING",
     "MAJOR_CRITERIA",
     "DemoEvaluation",
     "QUALITY_BARS",
@@ -63,7 +72,22 @@ QUALITY_BARS: dict[str, float] = {"auc": 0.90, "pointing_game": 0.80, "diagnosis
 
 MAJOR_CRITERIA: tuple[str, ...] = CRITERIA_IDS[:3]
 """The three major criteria (2 points each), which should carry the largest bottleneck weights."""
-_EPS = 1e-6  # scores are clipped to [eps, 1 - eps] before taking log-odds
+
+DEMO_SCORING = ScoringConfig(
+    mode="combined",
+    alpha=0.5,
+    aggregation="max",
+    calibration="paired_softmax",
+    text_token="span",
+    synonyms=False,
+    templates=(PromptTemplate(PROMPT_TEMPLATE.format("{concept}"), REFERENCE_PROMPT),),
+    reference_word="dermatoscopy",
+)
+"""The demo's zero-shot annotation recipe as a scorer configuration: :data:`PROMPT_TEMPLATE`
+with the preferred name against :data:`REFERENCE_PROMPT` (its token vector: the modality
+word), paired softmax, local score max-pooled over patches, ``0.5 * global + 0.5 * local``.
+Unlike the ``derm7pt`` preset (mean pooling, last-token text vector) it follows the demo
+model's training objective."""
 
 
 def concept_prompt(concept_id: str) -> str:
@@ -143,119 +167,6 @@ class DemoEvaluation:
         return "\n".join(lines)
 
 
-class _ModelEncoder:
-    """Image / text encoding through a raw reference model and its processor."""
-
-    def __init__(self, model: torch.nn.Module, processor: Any) -> None:
-        self.model, self.processor = model, processor
-        side = model.config.vision_config.image_size
-        self.grid_size = model.config.grid_size
-        self.image_size = (side, side)
-
-    @torch.no_grad()
-    def images(self, images: np.ndarray, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        globals_, patches = [], []
-        for start in range(0, len(images), batch_size):
-            chunk = images[start : start + batch_size]
-            if chunk.shape[1:3] == self.image_size:
-                pixels = pixels_from_uint8(chunk)
-            else:
-                pixels = self.processor(images=list(chunk))["pixel_values"]
-            out = self.model(pixel_values=pixels)
-            globals_.append(out["image_features"])
-            patches.append(out["image_token_features"])
-        return torch.cat(globals_), torch.cat(patches)
-
-    @torch.no_grad()
-    def texts(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
-        enc = self.processor(text=texts, return_offsets_mapping=True)
-        out = self.model(input_ids=enc["input_ids"])
-        return (
-            out["text_features"],
-            out["text_token_features"],
-            np.asarray(enc["offset_mapping"]),
-            np.asarray(enc["attention_mask"]),
-        )
-
-    def scalars(self) -> tuple[float, float]:
-        out = self.model(input_ids=None, pixel_values=None)
-        return float(out["logit_scale"].detach()), float(out["concept_logit_scale"].detach())
-
-
-class _BackboneEncoder:
-    """Image / text encoding through a :class:`conceptlens.models.Backbone`."""
-
-    def __init__(self, backbone: Any) -> None:
-        self.backbone = backbone
-        self.grid_size = tuple(backbone.grid_size)
-
-    def images(self, images: np.ndarray, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        globals_, patches = [], []
-        for start in range(0, len(images), batch_size):
-            pixels = self.backbone.preprocess(list(images[start : start + batch_size]))
-            feats = self.backbone.encode_images(pixels)
-            globals_.append(feats.global_embeds.float().cpu())
-            patches.append(feats.patch_embeds.float().cpu())
-        return torch.cat(globals_), torch.cat(patches)
-
-    def texts(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
-        feats = self.backbone.encode_texts(texts)
-        return (
-            feats.global_embeds.float().cpu(),
-            feats.token_embeds.float().cpu(),
-            feats.offsets.cpu().numpy(),
-            feats.attention_mask.cpu().numpy(),
-        )
-
-    def scalars(self) -> tuple[float, float]:
-        return float(self.backbone.logit_scale), float(self.backbone.concept_logit_scale)
-
-
-def _encoder(model: Any) -> _ModelEncoder | _BackboneEncoder:
-    if isinstance(model, tuple) and len(model) == 2:
-        return _ModelEncoder(*model)
-    if hasattr(model, "encode_images") and hasattr(model, "encode_texts"):
-        return _BackboneEncoder(model)
-    raise TypeError(
-        "evaluate_demo_model expects a Backbone or a (model, processor) pair, "
-        f"got {type(model).__name__}"
-    )
-
-
-def _span_vectors(
-    tokens: torch.Tensor, offsets: np.ndarray, attention: np.ndarray, spans: Sequence[tuple[int, int]]
-) -> torch.Tensor:
-    """L2-normalised mean token feature over each text's character span."""
-    vectors = []
-    for i, (start, end) in enumerate(spans):
-        starts, ends = offsets[i, :, 0], offsets[i, :, 1]
-        inside = (starts >= start) & (ends <= end) & (ends > starts) & (attention[i] > 0)
-        if not inside.any():
-            raise ValueError(f"no tokens found for characters {start}:{end} of prompt {i}")
-        vectors.append(tokens[i, torch.from_numpy(np.flatnonzero(inside))].mean(0))
-    return F.normalize(torch.stack(vectors), dim=-1)
-
-
-def _pool(scores: torch.Tensor, pooling: str) -> torch.Tensor:
-    if pooling == "max":
-        return scores.amax(-1)
-    if pooling == "mean":
-        return scores.mean(-1)
-    raise ValueError(f"local_pooling must be 'max' or 'mean', got {pooling!r}")
-
-
-def _dilate(grid_masks: np.ndarray, tolerance: int) -> np.ndarray:
-    out = grid_masks.copy()
-    for _ in range(tolerance):
-        grown = out.copy()
-        grown[..., 1:, :] |= out[..., :-1, :]
-        grown[..., :-1, :] |= out[..., 1:, :]
-        grown[..., :, 1:] |= out[..., :, :-1]
-        grown[..., :, :-1] |= out[..., :, 1:]
-        out = grown
-    return out
-
-
 def evaluate_demo_model(
     model: Any,
     n: int = 400,
@@ -289,50 +200,33 @@ def evaluate_demo_model(
         TypeError: If ``model`` is neither a backbone nor a ``(model, processor)`` pair.
         ValueError: If ``data`` has no masks or lacks positives or negatives of a concept.
     """
-    encoder = _encoder(model)
-    if data is None:
-        data = generate(n, seed=seed, size=_image_side(encoder))
-    if data.masks is None:
-        raise ValueError("evaluate_demo_model needs data generated with masks=True")
-    labels = data.concepts
-    if np.any(labels.min(0) == labels.max(0)):
-        raise ValueError("every concept needs positive and negative images; use a larger n")
-
-    names = [concept_synonyms(c)[0] for c in CONCEPT_IDS]
-    prompts = [PROMPT_TEMPLATE.format(name) for name in names] + [REFERENCE_PROMPT]
-    name_start = PROMPT_TEMPLATE.index("{}")
-    spans = [(name_start, name_start + len(name)) for name in names]
-    modality = REFERENCE_PROMPT.index("dermatoscopy")
-    spans.append((modality, modality + len("dermatoscopy")))
-
-    text_global, text_tokens, offsets, attention = encoder.texts(prompts)
-    concept_vectors = _span_vectors(text_tokens, offsets, attention, spans)  # (K+1, D)
-    image_global, patch_tokens = encoder.images(data.images, batch_size)
-    scale, concept_scale = encoder.scalars()
-
-    with torch.no_grad():
-        cos_global = image_global.double() @ text_global.double().T  # (n, K+1)
-        global_prob = torch.sigmoid(scale * (cos_global[:, :-1] - cos_global[:, -1:]))
-        patch_cos = torch.einsum(
-            "npd,kd->nkp", F.normalize(patch_tokens, dim=-1), concept_vectors
-        ).double()  # (n, K+1, P)
-        pooled = _pool(concept_scale * patch_cos, local_pooling)
-        local_prob = torch.sigmoid(pooled[:, :-1] - pooled[:, -1:])
-        final = (0.5 * global_prob + 0.5 * local_prob).numpy()
-        peak = patch_cos[:, :-1].argmax(-1).numpy()  # (n, K)
-
-    concept_auc = {
-        c: float(roc_auc_score(labels[:, k], final[:, k])) for k, c in enumerate(CONCEPT_IDS)
-    }
-    grid = tuple(encoder.grid_size)
-    grid_masks = _dilate(patch_masks(data.masks, grid), tolerance)  # (n, K, gh, gw)
-    flat = grid_masks.reshape(len(data), len(CONCEPT_IDS), -1)
-    hits = np.take_along_axis(flat, peak[..., None], axis=-1)[..., 0]
-    pointing = {c: float(hits[labels[:, k] == 1, k].mean()) for k, c in enumerate(CONCEPT_IDS)}
+    if local_pooling not in ("max", "mean"):
+        raise ValueError(f"local_pooling must be 'max' or 'mean', got {local_pooling!r}")
+    with _backbone_of(model) as backbone:
+        if data is None:
+            data = generate(n, seed=seed, size=int(backbone.image_size[0]))
+        if data.masks is None:
+            raise ValueError("evaluate_demo_model needs data generated with masks=True")
+        labels = data.concepts
+        if np.any(labels.min(0) == labels.max(0)):
+            raise ValueError("every concept needs positive and negative images; use a larger n")
+        vocabulary = ConceptVocabulary.builtin("demo")
+        if list(vocabulary.ids) != list(data.concept_ids):
+            raise ValueError(f"the demo vocabulary's concepts {list(vocabulary.ids)} are not the "
+                             f"sample's {list(data.concept_ids)}")
+        config = replace(DEMO_SCORING, aggregation=local_pooling)
+        measured = evaluate_concept_model(
+            backbone, vocabulary, data.images, labels, data.masks, tolerance=tolerance,
+            map_calibration="cosine", batch_size=batch_size, num_workers=0, input_checks=None,
+            **{f.name: getattr(config, f.name) for f in fields(config)},
+        )
+        grid = tuple(int(g) for g in backbone.grid_size)
+    final = measured.scores.table[list(CONCEPT_IDS)].to_numpy(dtype=np.float64)
+    concept_auc = {c: float(measured.table.loc[c, "auc"]) for c in CONCEPT_IDS}
+    pointing = {c: float(measured.table.loc[c, "pointing_game"]) for c in CONCEPT_IDS}
 
     half = len(data) // 2
-    clipped = np.clip(final, _EPS, 1 - _EPS)
-    log_odds = np.log(clipped) - np.log1p(-clipped)
+    log_odds = transform_scores(final, "logit")
     scaler = StandardScaler().fit(log_odds[:half])
     bottleneck = LogisticRegression(l1_ratio=1.0, solver="liblinear", C=C, random_state=0)
     bottleneck.fit(scaler.transform(log_odds[:half]), data.diagnoses[:half])
@@ -360,8 +254,24 @@ def evaluate_demo_model(
     )
 
 
-def _image_side(encoder: _ModelEncoder | _BackboneEncoder) -> int:
-    """Image side to generate samples at: the model's input size."""
-    if isinstance(encoder, _ModelEncoder):
-        return encoder.image_size[0]
-    return int(encoder.backbone.image_size[0])
+@contextmanager
+def _backbone_of(model: Any) -> Iterator[Backbone]:
+    """The :class:`Backbone` of ``model``; a ``(model, processor)`` pair is wrapped in a
+    :class:`~conceptlens.models.ConceptCLIPBackbone` for the duration, and its module's train
+    mode and ``requires_grad`` flags (which the wrapper sets off) are restored after."""
+    if isinstance(model, Backbone):
+        yield model
+        return
+    if not (isinstance(model, tuple) and len(model) == 2 and isinstance(model[0], torch.nn.Module)):
+        raise TypeError(
+            "evaluate_demo_model expects a Backbone or a (model, processor) pair, "
+            f"got {type(model).__name__}"
+        )
+    module = model[0]
+    training, flags = module.training, [p.requires_grad for p in module.parameters()]
+    try:
+        yield ConceptCLIPBackbone(*model)
+    finally:
+        module.train(training)
+        for parameter, flag in zip(module.parameters(), flags, strict=True):
+            parameter.requires_grad_(flag)

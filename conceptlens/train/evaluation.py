@@ -64,6 +64,9 @@ def evaluate_concept_model(
     images: np.ndarray,
     concepts: np.ndarray,
     masks: np.ndarray | None = None,
+    *,
+    tolerance: int = 0,
+    map_calibration: str | None = None,
     **scorer_options: Any,
 ) -> ConceptModelEvaluation:
     """Score held-out images with :class:`~conceptlens.vocab.ConceptScorer` and measure.
@@ -74,16 +77,26 @@ def evaluate_concept_model(
         images: ``(n, H, W, 3)`` uint8.
         concepts: ``(n, K)`` 0/1 labels.
         masks: Optional ``(n, K, H, W)`` bool masks for the pointing game.
+        tolerance: Pointing-game tolerance in patches: a hit when the map's maximum lies
+            within this many patches (4-neighbourhood steps) of the concept's patch mask.
+        map_calibration: Calibration of the concept maps the pointing game reads (see
+            :meth:`~conceptlens.vocab.ConceptScorer.patch_scores_tensor`; e.g. ``"cosine"``
+            for ``cos(patch, concept)``); default: the scorer's.
         **scorer_options: Passed to the scorer (default ``reference=None``, no progress bar).
 
     Returns:
         ConceptModelEvaluation
+
+    Raises:
+        ValueError: ``tolerance`` is not a non-negative int.
     """
     from sklearn.metrics import roc_auc_score
 
     from conceptlens.train.core import patch_masks
     from conceptlens.vocab.scorer import ConceptScorer
 
+    if isinstance(tolerance, bool) or not isinstance(tolerance, int) or tolerance < 0:
+        raise ValueError(f"tolerance must be a non-negative int; got {tolerance!r}")
     options = {"reference": None, "progress": False, **scorer_options}
     scorer = ConceptScorer(backbone, vocabulary, **options)
     with warnings.catch_warnings():
@@ -95,9 +108,13 @@ def evaluate_concept_model(
     if masks is not None:
         import torch
 
-        pixels = backbone.preprocess(list(images))
+        mapper = scorer if map_calibration is None else scorer.with_config(calibration=map_calibration)
+        step = scorer.image_batch_size()
         with torch.no_grad():
-            patch_scores = scorer.patch_scores_tensor(pixels).float().cpu().numpy()  # (n, K, P)
+            patch_scores = np.concatenate([  # (n, K, P)
+                mapper.patch_scores_tensor(backbone.preprocess(list(images[i:i + step]))).float().cpu().numpy()
+                for i in range(0, len(images), step)
+            ])
     for k, cid in enumerate(ids):
         y = concepts[:, k]
         row = {"prevalence": float(y.mean()),
@@ -107,7 +124,7 @@ def evaluate_concept_model(
             n_patches = patch_scores.shape[-1]
             side = int(round(np.sqrt(n_patches)))
             grid = grid or (side, n_patches // side)
-            labels = patch_masks(masks[:, k], grid).reshape(len(images), -1)
+            labels = _dilate(patch_masks(masks[:, k], grid), tolerance).reshape(len(images), -1)
             positive = np.flatnonzero((y == 1) & labels.any(axis=1))
             hits = [labels[i, int(np.argmax(patch_scores[i, k]))] for i in positive]
             row["pointing_game"] = float(np.mean(hits)) if hits else float("nan")
@@ -115,3 +132,16 @@ def evaluate_concept_model(
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "concept"
     return ConceptModelEvaluation(table=table, scores=scores)
+
+
+def _dilate(grid_masks: np.ndarray, steps: int) -> np.ndarray:
+    """Grow ``(..., gh, gw)`` patch masks by ``steps`` 4-neighbourhood steps."""
+    out = grid_masks.copy()
+    for _ in range(steps):
+        grown = out.copy()
+        grown[..., 1:, :] |= out[..., :-1, :]
+        grown[..., :-1, :] |= out[..., 1:, :]
+        grown[..., :, 1:] |= out[..., :, :-1]
+        grown[..., :, :-1] |= out[..., :, 1:]
+        out = grown
+    return out

@@ -158,6 +158,10 @@ class ScoringConfig:
         templates: Prompt templates handed to :func:`conceptlens.vocab.prompts.build_prompts`;
             ``None`` for the modality's defaults.
         preset: Name of the preset the configuration came from, if any.
+        reference_word: With ``text_token="span"``, the word of each reference prompt whose
+            tokens make the reference token vector ``v`` (e.g. the modality word
+            ``"dermatoscopy"``, which ConceptCLIP-style training aligns with every image);
+            ``None`` (default): all the reference sentence's non-special tokens.
     """
 
     mode: str = "combined"
@@ -169,6 +173,7 @@ class ScoringConfig:
     synonyms: bool = True
     templates: tuple[Any, ...] | None = None
     preset: str | None = None
+    reference_word: str | None = None
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
@@ -190,6 +195,9 @@ class ScoringConfig:
             if not templates:
                 raise ValueError("templates must not be empty (pass None for the defaults)")
             object.__setattr__(self, "templates", templates)
+        if self.reference_word is not None and not (isinstance(self.reference_word, str)
+                                                    and self.reference_word.strip()):
+            raise ValueError(f"reference_word must be a non-empty str or None; got {self.reference_word!r}")
 
     @property
     def uses_global(self) -> bool:
@@ -215,11 +223,11 @@ class ScoringConfig:
 
     def prompt_key(self) -> str:
         """What determines the text side (for memoising text embeddings)."""
-        return json.dumps(
-            {"templates": self.templates_description(), "synonyms": self.synonyms,
-             "text_token": self.text_token},
-            sort_keys=True,
-        )
+        key = {"templates": self.templates_description(), "synonyms": self.synonyms,
+               "text_token": self.text_token}
+        if self.reference_word is not None:  # absent when unset: stored banks keep their keys
+            key["reference_word"] = self.reference_word
+        return json.dumps(key, sort_keys=True)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict, stored in :attr:`ConceptScores.config`."""
@@ -270,7 +278,7 @@ available_presets = deprecated_alias(list_presets, "available_presets")
     Args:
         backbone: Any :class:`~conceptlens.models.Backbone`; device and dtype come from it.
         vocabulary: A :class:`~conceptlens.vocab.ConceptVocabulary`.
-        mode, alpha, aggregation, top_k, calibration, text_token, synonyms, templates:
+        mode, alpha, aggregation, top_k, calibration, text_token, synonyms, templates, reference_word:
             See :class:`ScoringConfig`.
         batch_size: Images per image-tower pass (and texts per text-tower pass); ``"auto"``
             picks one (32 on a CPU, the largest that fits, halved, on CUDA).
@@ -339,6 +347,7 @@ available_presets = deprecated_alias(list_presets, "available_presets")
         reference: EmbeddingReference | str | None = "default",
         input_checks: InputChecks | None = InputChecks(),  # noqa: B008 - frozen, immutable
         calibrator: Any = None,
+        reference_word: str | None = None,
     ) -> None:
         if not isinstance(backbone, Backbone):
             raise TypeError(f"backbone must be a conceptlens Backbone, got {type(backbone).__name__}")
@@ -358,6 +367,7 @@ available_presets = deprecated_alias(list_presets, "available_presets")
         self.config = ScoringConfig(
             mode=mode, alpha=alpha, aggregation=aggregation, top_k=top_k, calibration=calibration,
             text_token=text_token, synonyms=synonyms, templates=templates, preset=preset,
+            reference_word=reference_word,
         )
         self.batch_size = batch_size
         self.cache = cache if cache is not None else (FeatureCache(cache_dir) if cache_dir is not None else None)
@@ -535,6 +545,7 @@ available_presets = deprecated_alias(list_presets, "available_presets")
                 self.backbone, self.vocabulary, templates=self.config.templates,
                 synonyms=self.config.synonyms, text_token=self.config.text_token,
                 need_reference=need_reference, batch_size=self.text_batch_size(),
+                reference_word=self.config.reference_word,
             )
             # concepts learned from example images (issue 15): learned vectors replace text ones
             bank = apply_learned_vectors(self.backbone, self.vocabulary, bank)

@@ -185,6 +185,16 @@ def _ensemble(vectors: torch.Tensor, groups: Sequence[Sequence[int]]) -> torch.T
     return F.normalize(torch.stack([normed[list(g)].mean(dim=0) for g in groups]), dim=-1)
 
 
+def _word_span(text: str, word: str | None) -> tuple[int, int] | None:
+    """Character span of ``word`` in ``text`` (``None`` for no word)."""
+    if word is None:
+        return None
+    start = text.find(word)
+    if start < 0:
+        raise ValueError(f"reference_word {word!r} is not in the reference prompt {text!r}")
+    return start, start + len(word)
+
+
 def build_text_bank(
     backbone: Backbone,
     vocabulary: Any,
@@ -194,6 +204,7 @@ def build_text_bank(
     text_token: str,
     need_reference: bool,
     batch_size: int = 32,
+    reference_word: str | None = None,
 ) -> TextBank:
     """Encode a vocabulary's prompts and ensemble them per concept.
 
@@ -205,9 +216,12 @@ def build_text_bank(
         text_token: ``"span"`` or ``"last"``.
         need_reference: Raise when a prompt has no reference (``paired_softmax``).
         batch_size: Texts per call of the text tower.
+        reference_word: Word of each reference prompt whose tokens make its token vector
+            (``None``: the whole sentence).
 
     Raises:
-        ValueError: A concept without prompts, or a missing reference when one is needed.
+        ValueError: A concept without prompts, a missing reference when one is needed, or a
+            reference prompt without ``reference_word``.
     """
     from conceptlens.vocab.prompts import build_prompts
 
@@ -230,7 +244,7 @@ def build_text_bank(
             if prompt.reference:
                 refs.append(len(texts))
                 texts.append(prompt.reference)
-                spans.append(None)
+                spans.append(_word_span(prompt.reference, reference_word))
             elif missing_reference is None:
                 missing_reference = f"concept {concept.id!r}, prompt {prompt.text!r}"
         concept_rows.append(rows)

@@ -97,3 +97,48 @@ def test_load_backbone_demo_meets_the_bars():
     backbone = load_backbone("demo")
     result = evaluate_demo_model(backbone, n=300, seed=FRESH_SEED)
     assert result.failures() == []
+
+
+def test_demo_scoring_is_the_library_scorer_with_the_modality_word_as_reference(demo_model):
+    import torch.nn.functional as F
+
+    from conceptlens.demo.evaluate import DEMO_SCORING, PROMPT_TEMPLATE, REFERENCE_PROMPT
+    from conceptlens.models import ConceptCLIPBackbone
+    from conceptlens.vocab import ConceptVocabulary
+    from conceptlens.vocab.scorer import ConceptScorer
+
+    template = DEMO_SCORING.templates[0]
+    assert template.text.replace("{concept}", "{}") == PROMPT_TEMPLATE
+    assert template.reference == REFERENCE_PROMPT
+    assert DEMO_SCORING.reference_word == "dermatoscopy"
+    assert DEMO_SCORING.to_dict()["reference_word"] == "dermatoscopy"
+    backbone = ConceptCLIPBackbone(*demo_model)
+    vocabulary = ConceptVocabulary.builtin("demo")
+    scorer = ConceptScorer(backbone, vocabulary, reference=None, progress=False, templates=DEMO_SCORING.templates,
+                           synonyms=False, calibration="paired_softmax", reference_word="dermatoscopy")
+    bank = scorer.text_bank()
+    feats = backbone.encode_texts([REFERENCE_PROMPT, concept_prompt(vocabulary.ids[1])])
+    words = [REFERENCE_PROMPT[a:b] for a, b in feats.offsets[0].tolist()]
+    word = F.normalize(feats.token_embeds[0, words.index("dermatoscopy")].float(), dim=-1)
+    assert bank.reference_local.shape[0] == 1
+    assert np.allclose(bank.reference_local[0].numpy(), word.numpy(), atol=1e-5)
+    # the whole reference sentence (the scorer's default) is another vector
+    sentence = scorer.with_config(reference_word=None).text_bank()
+    assert not np.allclose(sentence.reference_local[0].numpy(), word.numpy(), atol=1e-2)
+    # concept vectors: the mean over the tokens of the concept's name, both ways alike
+    assert np.allclose(sentence.concept_local.numpy(), bank.concept_local.numpy())
+    with pytest.raises(ValueError, match="reference_word 'dermoscopy' is not in"):
+        scorer.with_config(reference_word="dermoscopy").text_bank()
+    with pytest.raises(ValueError, match="reference_word must be"):
+        scorer.with_config(reference_word="")
+
+
+def test_pointing_tolerance_and_model_pair_left_as_it_was(demo_model):
+    model = demo_model[0]
+    flags = [p.requires_grad for p in model.parameters()]
+    exact = evaluate_demo_model(demo_model, n=60, seed=5)
+    loose = evaluate_demo_model(demo_model, n=60, seed=5, tolerance=1)
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert loose.concept_auc == exact.concept_auc
+    assert loose.settings["pointing_tolerance_patches"] == 1
+    assert all(loose.pointing_game[c] >= exact.pointing_game[c] for c in exact.pointing_game)
