@@ -7,7 +7,6 @@ offsets, and a base class holding what the CLIP and SigLIP adapters have in comm
 
 from __future__ import annotations
 
-import json
 import os
 from abc import abstractmethod
 from collections.abc import Callable, Sequence
@@ -34,7 +33,6 @@ from conceptlens.models.errors import (
 from conceptlens.models.hub import hub_error
 from conceptlens.models.images import load_pil_images
 from conceptlens.models.runtime import (
-    dtype_name,
     hash_state_dict,
     hash_weight_files,
     resolve_device,
@@ -319,13 +317,9 @@ class HFDualEncoderBackbone(Backbone):
     @property
     def identity(self) -> BackboneIdentity:  # type: ignore[override]
         """Model id, revision / weights hash, current dtype and preprocessing."""
-        return BackboneIdentity(
-            model_id=self._model_id,
-            family=self.family,
-            revision=self._revision,
-            weights_hash=self._weights_hash,
-            dtype=dtype_name(self.dtype),
-            preprocessing=json.dumps(self._preprocessing, sort_keys=True),
+        return BackboneIdentity.record(
+            model_id=self._model_id, family=self.family, revision=self._revision,
+            weights_hash=self._weights_hash, dtype=self.dtype, preprocessing=self._preprocessing,
         )
 
     @property

@@ -75,6 +75,34 @@ class BackboneIdentity:
     dtype: str = "float32"
     preprocessing: str = "{}"
 
+    @classmethod
+    def record(
+        cls,
+        *,
+        model_id: str,
+        family: str,
+        revision: str | None,
+        weights_hash: str | None,
+        dtype: torch.dtype,
+        preprocessing: dict[str, Any],
+    ) -> BackboneIdentity:
+        """The identity an adapter records: ``dtype`` as a name, ``preprocessing`` as
+        sorted-key JSON (so equal settings give equal keys).
+
+        Examples:
+            >>> BackboneIdentity.record(model_id="m", family="clip", revision=None,
+            ...     weights_hash="ab", dtype=torch.bfloat16, preprocessing={"size": 224}).dtype
+            'bfloat16'
+        """
+        return cls(
+            model_id=model_id,
+            family=family,
+            revision=revision,
+            weights_hash=weights_hash,
+            dtype=str(dtype).removeprefix("torch."),
+            preprocessing=json.dumps(preprocessing, sort_keys=True),
+        )
+
     @property
     def key(self) -> str:
         """A short stable hex digest of every field."""

@@ -10,7 +10,6 @@ same code.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import warnings
@@ -221,13 +220,10 @@ class ConceptCLIPBackbone(Backbone):
         if self._identity is None or self._identity.dtype != dtype:
             if self._weights_hash is None and self._revision is None:
                 self._weights_hash = hash_state_dict(self.model)
-            self._identity = BackboneIdentity(
-                model_id=self._model_id,
-                family="conceptclip",
-                revision=self._revision,
-                weights_hash=self._weights_hash,
-                dtype=dtype,
-                preprocessing=json.dumps(self.preprocessing_config(), sort_keys=True),
+            self._identity = BackboneIdentity.record(
+                model_id=self._model_id, family="conceptclip", revision=self._revision,
+                weights_hash=self._weights_hash, dtype=self.dtype,
+                preprocessing=self.preprocessing_config(),
             )
         return self._identity
 

@@ -23,7 +23,6 @@ timm, torchvision; torchvision needs a torch build it was compiled against).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -51,7 +50,6 @@ from conceptlens.models.errors import (
 from conceptlens.models.hub import hub_error
 from conceptlens.models.images import load_pil_images
 from conceptlens.models.runtime import (
-    dtype_name,
     hash_state_dict,
     resolve_device,
     resolve_dtype,
@@ -318,13 +316,9 @@ class OpenCLIPBackbone(Backbone):
         """Model id, pretrained tag (as revision), weights hash, dtype and preprocessing."""
         if self._weights_hash is None:
             self._weights_hash = hash_state_dict(self.model)
-        return BackboneIdentity(
-            model_id=self._model_id,
-            family=self.family,
-            revision=self._pretrained,
-            weights_hash=self._weights_hash,
-            dtype=dtype_name(self.dtype),
-            preprocessing=json.dumps(self._preprocessing, sort_keys=True),
+        return BackboneIdentity.record(
+            model_id=self._model_id, family=self.family, revision=self._pretrained,
+            weights_hash=self._weights_hash, dtype=self.dtype, preprocessing=self._preprocessing,
         )
 
     @property
