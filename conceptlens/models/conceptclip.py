@@ -35,7 +35,7 @@ from conceptlens.models.errors import (
 )
 from conceptlens.models.hub import hub_error, remote_code_message
 from conceptlens.models.images import load_pil_images
-from conceptlens.models.reference import load_reference_folder
+from conceptlens.models.reference import REMOTE_CODE_FILES, load_reference_folder
 from conceptlens.models.runtime import (
     hash_state_dict,
     hash_weight_files,
@@ -45,11 +45,6 @@ from conceptlens.models.runtime import (
 
 __all__ = ["ConceptCLIPBackbone", "fast_bert_tokenizer"]
 
-_REMOTE_CODE_FILES = (
-    "configuration_conceptclip.py",
-    "modeling_conceptclip.py",
-    "processing_conceptclip.py",
-)
 _SCALAR_KEYS = ("logit_scale", "logit_bias", "concept_logit_scale", "concept_logit_bias")
 _RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 
@@ -515,7 +510,7 @@ def _output(out: Any, key: str) -> torch.Tensor:
 def _has_package_code(folder: Path) -> bool:
     """Whether the folder's remote-code files are byte-identical to this package's."""
     package = Path(__file__).parent / "reference"
-    for name in _REMOTE_CODE_FILES:
+    for name in REMOTE_CODE_FILES["transformers"]:
         theirs = folder / name
         if not theirs.is_file() or theirs.read_bytes() != (package / name).read_bytes():
             return False
