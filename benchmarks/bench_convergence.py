@@ -57,8 +57,7 @@ def run_seed(seed: int, n_images: int, bottleneck_transform: str) -> dict[str, A
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConceptlensWarning)
                 started = time.perf_counter()
-                a = attribute(backbone, image, ClassTarget("melanoma"), scorer=scorer, bottleneck=model,
-                              n_steps=steps)
+                a = attribute(scorer, image, ClassTarget("melanoma"), bottleneck=model, n_steps=steps)
                 row[f"{label}_seconds"] = time.perf_counter() - started
             total = float(a.raw.sum())
             row[f"{label}_converged"] = bool(a.completeness_gap is not None and a.completeness_gap <= 0.05)

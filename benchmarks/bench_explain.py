@@ -106,11 +106,11 @@ def _time(fn: Any) -> tuple[float, Any]:
 def run_speed(args: argparse.Namespace) -> dict[str, Any]:
     from conceptlens.explain import attribute, concept_maps
 
-    backbone, scorer, image = _setup(args.size, args.dtype, args.concepts)
+    _, scorer, image = _setup(args.size, args.dtype, args.concepts)
     concept_maps(scorer, image)  # warm-up
     maps_s, maps = _time(lambda: concept_maps(scorer, image))
     ig_s, _ = _time(lambda: [
-        attribute(backbone, image, cid, method="integrated_gradients", scorer=scorer,
+        attribute(scorer, image, cid, method="integrated_gradients",
                   n_steps=args.steps, internal_batch_size=args.batch)
         for cid in scorer.concept_ids
     ])
@@ -133,7 +133,7 @@ def run_memory_child(args: argparse.Namespace) -> dict[str, Any]:
     reset = _reset_peak_rss()
     before = _current_rss_mib() if reset else _peak_rss_mib()
     batch = None if args.child_batch == 0 else args.child_batch
-    seconds, _ = _time(lambda: attribute(backbone, image, scorer.concept_ids[0], scorer=scorer,
+    seconds, _ = _time(lambda: attribute(scorer, image, scorer.concept_ids[0],
                                          n_steps=args.steps, internal_batch_size=batch))
     after = _peak_rss_mib()
     return {"internal_batch_size": batch, "rss_before_mib": round(before, 1),

@@ -60,7 +60,7 @@ def faithfulness_card(
         ``deletion_steps``, ``deletion_baseline``.
 
     Examples:
-        >>> card = faithfulness_card(attribute(backbone, image, target, scorer=scorer))  # doctest: +SKIP
+        >>> card = faithfulness_card(attribute(scorer, image, target))  # doctest: +SKIP
         >>> card["verdict"], card["deletion_ratio"] < 1                                   # doctest: +SKIP
         ('converged', True)
     """

@@ -142,7 +142,7 @@ def test_concept_maps_and_grad_cam_run(backbone, vocabulary):
     scorer = ConceptScorer(backbone, vocabulary, progress=False, reference=None)
     maps = scorer.concept_maps(image, ["t:network"])
     assert maps.upsampled("t:network").shape == (40, 56)
-    cam = attribute(backbone, image, "t:veil", method="grad_cam", scorer=scorer)
+    cam = attribute(scorer, image, "t:veil", method="grad_cam")
     assert cam.raw.shape == backbone.grid_size
     assert cam.map.shape == (40, 56) and np.isfinite(cam.map).all()
     assert len(backbone.token_layers()) == 12  # all three configs are 12 blocks deep

@@ -103,7 +103,7 @@ def test_grad_cam_finds_the_trunk_blocks(backbone):
                               modality="dermoscopy")
     scorer = ConceptScorer(backbone, vocab, progress=False, reference=None)
     image = np.random.default_rng(0).integers(0, 255, (48, 80, 3), dtype=np.uint8)
-    cam = attribute(backbone, image, "t:veil", method="grad_cam", scorer=scorer)
+    cam = attribute(scorer, image, "t:veil", method="grad_cam")
     assert cam.raw.shape == (8, 8) and np.isfinite(cam.map).all()
 
 
