@@ -264,6 +264,9 @@ def list_presets() -> list[str]:
     return sorted(PRESETS)
 
 
+available_presets = deprecated_alias(list_presets, "available_presets")
+
+
 # ----------------------------------------------------------------------------------------------
 # The scorer
 # ----------------------------------------------------------------------------------------------
@@ -271,9 +274,6 @@ def list_presets() -> list[str]:
 
 class ConceptScorer:
     """Score images against a concept vocabulary with global and local alignment.
-
-available_presets = deprecated_alias(list_presets, "available_presets")
-
 
     Args:
         backbone: Any :class:`~conceptlens.models.Backbone`; device and dtype come from it.
