@@ -1,8 +1,9 @@
 """The ConceptCLIP-architecture reference model: interface of CONCEPTCLIP.md, sizes, auto_map."""
 
+import ast
 import json
 import math
-import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,8 +11,10 @@ import torch
 from PIL import Image
 from transformers import AutoModel, AutoProcessor
 
+import conceptlens.models.reference as reference_package
 from conceptlens.models import create_reference_model
 from conceptlens.models.reference import (
+    REMOTE_CODE_FILES,
     ConceptCLIPModel,
     build_tokenizer,
     load_reference_folder,
@@ -198,10 +201,28 @@ def test_saved_folder_carries_auto_map_and_self_contained_code(saved_folder):
     processor_config = json.loads((saved_folder / "processor_config.json").read_text())
     assert processor_config["auto_map"]["AutoProcessor"] == (
         "processing_conceptclip.ConceptCLIPProcessor")
-    for name in ("configuration", "modeling", "processing"):
-        code = (saved_folder / f"{name}_conceptclip.py").read_text()
-        imports = re.findall(r"^\s*(?:from|import)\s+(\S+)", code, flags=re.M)
-        assert not [m for m in imports if m.startswith("conceptlens")], name
+    assert sorted(p.name for p in saved_folder.glob("*.py")) == sorted(
+        REMOTE_CODE_FILES["transformers"])
+
+
+@pytest.mark.parametrize("flavour", sorted(REMOTE_CODE_FILES))
+def test_remote_code_imports_only_torch_transformers_and_its_own_files(flavour):
+    # the saved folder runs without conceptlens: absolute imports of torch / transformers
+    # (and the standard library's typing / math), relative ones of the flavour's own files
+    folder = Path(reference_package.__file__).parent
+    files = REMOTE_CODE_FILES[flavour]
+    allowed = {"__future__", "typing", "math", "torch", "transformers"}
+    for name in files:
+        relative, absolute = set(), set()
+        for node in ast.walk(ast.parse((folder / name).read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                relative.add(f"{node.module}.py")
+            elif isinstance(node, ast.ImportFrom):
+                absolute.add(node.module.split(".")[0])
+            elif isinstance(node, ast.Import):
+                absolute.update(alias.name.split(".")[0] for alias in node.names)
+        assert relative <= set(files), (name, relative - set(files))
+        assert absolute <= allowed, (name, absolute - allowed)
 
 
 def test_auto_classes_round_trip_with_identical_outputs(tiny, inputs, saved_folder):

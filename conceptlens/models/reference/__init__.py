@@ -6,7 +6,9 @@
 (:func:`write_remote_code`), so no copy of them is kept anywhere else;
 :func:`create_reference_model` builds the model at ``tiny`` or ``full`` size. The
 ``*_openclip`` files are the second flavour (``create_reference_model(..., flavour="open_clip")``):
-the released model's open_clip/timm module layout and its slow tokenizer.
+the released model's open_clip/timm module layout and its slow tokenizer. Both flavours import
+what they share (configuration and model bases, token heads, the output dict) from
+``_conceptclip_shared``, which every flavour's saved folder carries too.
 """
 
 from conceptlens.models.reference.configuration_conceptclip import ConceptCLIPConfig

@@ -6,15 +6,16 @@ import only ``transformers`` (and the sibling files of this folder), never ``con
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-from transformers import BertConfig, PretrainedConfig, SiglipVisionConfig
+from transformers import BertConfig, SiglipVisionConfig
+
+from ._conceptclip_shared import ConceptCLIPConfigBase
 
 __all__ = ["ConceptCLIPConfig"]
 
 
-class ConceptCLIPConfig(PretrainedConfig):
+class ConceptCLIPConfig(ConceptCLIPConfigBase):
     """Configuration of :class:`ConceptCLIPModel`: a SigLIP vision tower and a BERT text tower.
 
     The joint embedding dimension equals the vision width (ConceptCLIP's image tower has no
@@ -25,16 +26,14 @@ class ConceptCLIPConfig(PretrainedConfig):
         vision_config: :class:`~transformers.SiglipVisionConfig` or its dict; the
             attention-pool head (``vision_use_head``) is always on.
         text_config: :class:`~transformers.BertConfig` or its dict.
-        init_logit_scale: Initial *log* of the global logit scale (stored as a log,
-            returned exponentiated by the model's forward).
-        init_logit_bias: Initial global logit bias.
-        init_concept_logit_scale: Initial *log* of the local (concept) logit scale.
-        init_concept_logit_bias: Initial local logit bias.
-        context_length: Text length the authors pad to (77).
-        **kwargs: Passed to :class:`~transformers.PretrainedConfig`.
+        **kwargs: ``init_logit_scale``, ``init_logit_bias``, ``init_concept_logit_scale``,
+            ``init_concept_logit_bias`` (initial scalars, scales as logs) and
+            ``context_length`` (77), see ``ConceptCLIPConfigBase``; the rest is passed to
+            :class:`~transformers.PretrainedConfig`.
 
     Attributes:
         embed_dim: Joint embedding dimension (= ``vision_config.hidden_size``).
+        grid_size: Patch grid ``(rows, cols)``.
     """
 
     model_type = "conceptclip"
@@ -44,39 +43,17 @@ class ConceptCLIPConfig(PretrainedConfig):
         self,
         vision_config: SiglipVisionConfig | dict[str, Any] | None = None,
         text_config: BertConfig | dict[str, Any] | None = None,
-        init_logit_scale: float = math.log(10.0),
-        init_logit_bias: float = -10.0,
-        init_concept_logit_scale: float = math.log(10.0),
-        init_concept_logit_bias: float = -10.0,
-        context_length: int = 77,
         **kwargs: Any,
     ) -> None:
         if vision_config is None:
             vision_config = SiglipVisionConfig()
         elif isinstance(vision_config, dict):
             vision_config = SiglipVisionConfig(**vision_config)
-        if text_config is None:
-            text_config = BertConfig()
-        elif isinstance(text_config, dict):
-            text_config = BertConfig(**text_config)
         if not getattr(vision_config, "vision_use_head", True):
             raise ValueError("ConceptCLIPConfig needs the attention-pool head: vision_use_head=True")
         self.vision_config = vision_config
-        self.text_config = text_config
-        self.init_logit_scale = float(init_logit_scale)
-        self.init_logit_bias = float(init_logit_bias)
-        self.init_concept_logit_scale = float(init_concept_logit_scale)
-        self.init_concept_logit_bias = float(init_concept_logit_bias)
-        self.context_length = int(context_length)
-        super().__init__(**kwargs)
+        super().__init__(text_config=text_config, **kwargs)
 
-    @property
-    def embed_dim(self) -> int:
-        """Joint embedding dimension (the vision width)."""
-        return int(self.vision_config.hidden_size)
-
-    @property
-    def grid_size(self) -> tuple[int, int]:
-        """Patch grid ``(rows, cols)``; border pixels not covered by a whole patch are dropped."""
-        side = self.vision_config.image_size // self.vision_config.patch_size
-        return (side, side)
+    def _vision_sizes(self) -> tuple[int, int, int]:
+        vision = self.vision_config
+        return vision.hidden_size, vision.image_size, vision.patch_size

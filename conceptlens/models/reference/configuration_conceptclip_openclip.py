@@ -6,15 +6,16 @@ import only ``transformers`` (and the sibling files of this folder), never ``con
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-from transformers import BertConfig, PretrainedConfig
+from transformers import BertConfig
+
+from ._conceptclip_shared import ConceptCLIPConfigBase
 
 __all__ = ["ConceptCLIPOpenCLIPConfig"]
 
 
-class ConceptCLIPOpenCLIPConfig(PretrainedConfig):
+class ConceptCLIPOpenCLIPConfig(ConceptCLIPConfigBase):
     """Configuration of :class:`ConceptCLIPOpenCLIPModel`: the released ConceptCLIP's layout.
 
     The vision tower is laid out like an open_clip ``TimmModel`` around a timm SigLIP ViT
@@ -30,10 +31,10 @@ class ConceptCLIPOpenCLIPConfig(PretrainedConfig):
         heads: Attention heads of the vision blocks and the pool.
         mlp_dim: Hidden width of the vision MLPs.
         text_config: :class:`~transformers.BertConfig` or its dict.
-        init_logit_scale, init_logit_bias, init_concept_logit_scale, init_concept_logit_bias:
-            Initial scalars; scales stored as logs.
-        context_length: Text length the authors pad to (77).
-        **kwargs: Passed to :class:`~transformers.PretrainedConfig`.
+        **kwargs: ``init_logit_scale``, ``init_logit_bias``, ``init_concept_logit_scale``,
+            ``init_concept_logit_bias`` (initial scalars, scales as logs) and
+            ``context_length`` (77), see ``ConceptCLIPConfigBase``; the rest is passed to
+            :class:`~transformers.PretrainedConfig`.
     """
 
     model_type = "conceptclip_open_clip"
@@ -48,38 +49,15 @@ class ConceptCLIPOpenCLIPConfig(PretrainedConfig):
         heads: int = 16,
         mlp_dim: int = 4304,
         text_config: BertConfig | dict[str, Any] | None = None,
-        init_logit_scale: float = math.log(10.0),
-        init_logit_bias: float = -10.0,
-        init_concept_logit_scale: float = math.log(10.0),
-        init_concept_logit_bias: float = -10.0,
-        context_length: int = 77,
         **kwargs: Any,
     ) -> None:
-        if text_config is None:
-            text_config = BertConfig()
-        elif isinstance(text_config, dict):
-            text_config = BertConfig(**text_config)
         self.image_size = int(image_size)
         self.patch_size = int(patch_size)
         self.width = int(width)
         self.depth = int(depth)
         self.heads = int(heads)
         self.mlp_dim = int(mlp_dim)
-        self.text_config = text_config
-        self.init_logit_scale = float(init_logit_scale)
-        self.init_logit_bias = float(init_logit_bias)
-        self.init_concept_logit_scale = float(init_concept_logit_scale)
-        self.init_concept_logit_bias = float(init_concept_logit_bias)
-        self.context_length = int(context_length)
-        super().__init__(**kwargs)
+        super().__init__(text_config=text_config, **kwargs)
 
-    @property
-    def embed_dim(self) -> int:
-        """Joint embedding dimension (the vision width)."""
-        return self.width
-
-    @property
-    def grid_size(self) -> tuple[int, int]:
-        """Patch grid ``(rows, cols)``."""
-        side = self.image_size // self.patch_size
-        return (side, side)
+    def _vision_sizes(self) -> tuple[int, int, int]:
+        return self.width, self.image_size, self.patch_size

@@ -40,18 +40,21 @@ REFERENCE_SIZES = ("tiny", "full")
 FLAVOURS = ("transformers", "open_clip")
 REMOTE_CODE_FILES: dict[str, tuple[str, ...]] = {
     "transformers": (
+        "_conceptclip_shared.py",
         "configuration_conceptclip.py",
         "modeling_conceptclip.py",
         "processing_conceptclip.py",
     ),
     "open_clip": (
+        "_conceptclip_shared.py",
         "configuration_conceptclip_openclip.py",
         "modeling_conceptclip_openclip.py",
         "processing_conceptclip.py",
     ),
 }
 """The *remote code* of each flavour: the modules of this package that a saved folder carries
-(``config.json``'s ``auto_map`` names them), so ``trust_remote_code=True`` loads it anywhere."""
+(``config.json``'s ``auto_map`` names them; both flavours import ``_conceptclip_shared``, the
+code they share, relatively), so ``trust_remote_code=True`` loads it anywhere."""
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 _CHARACTERS = string.ascii_lowercase + string.digits
 _PUNCTUATION = ".,;:!?-'\"()[]/%+&*=<>#_"
@@ -287,7 +290,7 @@ def save_reference_model(model: Any, processor: Any, folder: str | os.PathLike[s
         >>> with tempfile.TemporaryDirectory() as tmp:
         ...     folder = save_reference_model(*create_reference_model("tiny"), tmp)
         ...     sorted(p.name for p in folder.glob("*.py"))
-        ['configuration_conceptclip.py', 'modeling_conceptclip.py', 'processing_conceptclip.py']
+        ['_conceptclip_shared.py', 'configuration_conceptclip.py', 'modeling_conceptclip.py', 'processing_conceptclip.py']
     """
     if isinstance(model, ConceptCLIPOpenCLIPModel):
         flavour = "open_clip"

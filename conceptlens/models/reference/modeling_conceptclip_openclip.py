@@ -15,13 +15,12 @@ import only ``torch``, ``transformers`` and the sibling files of this folder.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import BertModel, PreTrainedModel
+from transformers import BertModel
 
+from ._conceptclip_shared import ConceptCLIPPreTrainedModel
 from .configuration_conceptclip_openclip import ConceptCLIPOpenCLIPConfig
 
 __all__ = ["ConceptCLIPOpenCLIPModel"]
@@ -167,16 +166,7 @@ class TextTower(nn.Module):
         self.proj = nn.Linear(config.text_config.hidden_size, config.embed_dim, bias=False)
 
 
-class TokenHead(nn.Sequential):
-    """Token projection head ``Linear -> GELU -> Linear`` (``image_proj`` / ``text_proj``)."""
-
-    def __init__(self, in_features: int, out_features: int) -> None:
-        super().__init__(
-            nn.Linear(in_features, out_features), nn.GELU(), nn.Linear(out_features, out_features)
-        )
-
-
-class ConceptCLIPOpenCLIPModel(PreTrainedModel):
+class ConceptCLIPOpenCLIPModel(ConceptCLIPPreTrainedModel):
     """ConceptCLIP with the released model's open_clip layout (``visual.trunk.blocks``).
 
     Example:
@@ -188,30 +178,18 @@ class ConceptCLIPOpenCLIPModel(PreTrainedModel):
 
     config_class = ConceptCLIPOpenCLIPConfig
     config: ConceptCLIPOpenCLIPConfig
-    base_model_prefix = "conceptclip"
-    main_input_name = "pixel_values"
     _no_split_modules = ["Block", "BertLayer"]
+    _normal_init_types = (nn.Linear, nn.Conv2d)
 
     def __init__(self, config: ConceptCLIPOpenCLIPConfig) -> None:
         super().__init__(config)
-        embed_dim = config.embed_dim
         self.visual = VisualTower(config)
         self.text = TextTower(config)
-        self.image_proj = TokenHead(embed_dim, embed_dim)
-        self.text_proj = TokenHead(config.text_config.hidden_size, embed_dim)
-        self.logit_scale = nn.Parameter(torch.tensor(config.init_logit_scale))
-        self.logit_bias = nn.Parameter(torch.tensor(config.init_logit_bias))
-        self.concept_logit_scale = nn.Parameter(torch.tensor(config.init_concept_logit_scale))
-        self.concept_logit_bias = nn.Parameter(torch.tensor(config.init_concept_logit_bias))
+        self._add_heads(config.embed_dim, config.text_config.hidden_size)
         self.post_init()
 
-    def _init_weights(self, module: nn.Module) -> None:
-        std = getattr(self.config.text_config, "initializer_range", 0.02)
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
+    def _init_other_weights(self, module: nn.Module, std: float) -> None:
+        if isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=std)
         elif isinstance(module, nn.LayerNorm):
             nn.init.ones_(module.weight)
@@ -220,67 +198,15 @@ class ConceptCLIPOpenCLIPModel(PreTrainedModel):
             nn.init.normal_(module.pos_embed, mean=0.0, std=std)
         elif isinstance(module, AttentionPoolLatent):
             nn.init.normal_(module.latent, mean=0.0, std=module.latent.shape[-1] ** -0.5)
-        elif isinstance(module, ConceptCLIPOpenCLIPModel):
-            nn.init.constant_(module.logit_scale, self.config.init_logit_scale)
-            nn.init.constant_(module.logit_bias, self.config.init_logit_bias)
-            nn.init.constant_(module.concept_logit_scale, self.config.init_concept_logit_scale)
-            nn.init.constant_(module.concept_logit_bias, self.config.init_concept_logit_bias)
 
-    @property
-    def pad_token_id(self) -> int:
-        """Id whose positions are masked out of the text tower."""
-        pad = self.config.text_config.pad_token_id
-        return 0 if pad is None else int(pad)
-
-    def encode_image(
-        self, pixel_values: torch.Tensor, normalize: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(global (B, D), tokens (B, P, D))``: the pooled embedding and the last layer's
-        tokens after the trunk's final norm, *before* ``image_proj``."""
+    def _image_tower(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         tokens = self.visual.trunk.forward_features(pixel_values)
-        pooled = self.visual.head(self.visual.trunk.forward_head(tokens))
-        if normalize:
-            pooled = F.normalize(pooled, dim=-1)
-        return pooled, tokens
+        return self.visual.head(self.visual.trunk.forward_head(tokens)), tokens
 
-    def encode_text(
-        self, input_ids: torch.Tensor, normalize: bool = False
+    def _text_tower(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(global (N, D), tokens (N, T, W_t))``: the projected [CLS] state and the last
-        layer's tokens *before* ``text_proj``; the pad mask is rebuilt from the pad id."""
-        attention_mask = (input_ids != self.pad_token_id).long()
         tokens = self.text.transformer(
             input_ids=input_ids, attention_mask=attention_mask
         ).last_hidden_state
-        pooled = self.text.proj(tokens[:, 0])
-        if normalize:
-            pooled = F.normalize(pooled, dim=-1)
-        return pooled, tokens
-
-    def forward(
-        self,
-        pixel_values: torch.Tensor | None = None,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        **kwargs: Any,
-    ) -> dict[str, torch.Tensor | None]:
-        """ConceptCLIP's output dict (see the transformers-native reference model)."""
-        del attention_mask, kwargs
-        image_features = image_token_features = None
-        text_features = text_token_features = None
-        if pixel_values is not None:
-            image_features, image_tokens = self.encode_image(pixel_values, normalize=True)
-            image_token_features = self.image_proj(image_tokens)
-        if input_ids is not None:
-            text_features, text_tokens = self.encode_text(input_ids, normalize=True)
-            text_token_features = self.text_proj(text_tokens)
-        return {
-            "image_features": image_features,
-            "text_features": text_features,
-            "logit_scale": self.logit_scale.exp(),
-            "logit_bias": self.logit_bias,
-            "image_token_features": image_token_features,
-            "text_token_features": text_token_features,
-            "concept_logit_scale": self.concept_logit_scale.exp(),
-            "concept_logit_bias": self.concept_logit_bias,
-        }
+        return self.text.proj(tokens[:, 0]), tokens
