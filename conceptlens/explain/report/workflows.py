@@ -110,7 +110,9 @@ def explain_items(
     contributions = predictions = probabilities = parts = None
     if bottleneck is not None:
         subset = scores.table.loc[ids]
-        if is_hybrid(bottleneck) and bottleneck.uses_embeddings_ and embeddings is None:
+        if not (is_hybrid(bottleneck) and bottleneck.uses_embeddings_):
+            embeddings = None
+        elif embeddings is None:  # the global embeddings of the features computed above
             embeddings = pd.DataFrame(
                 np.stack([features.global_embeds[0].detach().float().cpu().numpy()
                           for _, _, features in inputs]),
