@@ -14,7 +14,8 @@ Both of ConceptCLIP's losses are used:
   concept, which the synthetic ground truth tells exactly), weight ``local_weight`` (0.5).
 
 Run ``python -m conceptlens.demo.train --out DIR --seed 0``; the folder gets the model,
-processor and tokenizer files (safetensors) and ``training.json``.
+processor and tokenizer files (safetensors), the model's remote code
+(:func:`~conceptlens.demo.weights_io.save_demo_model`) and ``training.json``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from conceptlens.demo.generator import (
     caption_words,
     generate,
 )
+from conceptlens.demo.weights_io import save_demo_model
 from conceptlens.models.reference.factory import default_words
 from conceptlens.train.core import (
     ConceptTrainingData,
@@ -167,9 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         fields["n_train"] = args.n_train
     config = TrainingConfig(**fields)
     model, processor, history = train_demo_model(config, progress=not args.no_progress)
-    args.out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(args.out)
-    processor.save_pretrained(args.out)
+    save_demo_model(model, processor, args.out)
     summary = {k: history[k] for k in ("config", "wall_time_s")}
     summary["final_loss"] = float(np.mean(history["loss"][-50:]))
     evaluation = finish_model_folder(args.out, model, processor, summary, eval_n=args.eval_n)
