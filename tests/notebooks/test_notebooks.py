@@ -35,6 +35,8 @@ def test_notebook_executes(name, tmp_path, monkeypatch):
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    streamed = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
+    assert "DeprecatedNameWarning" not in streamed, "our own notebooks use a deprecated name"
     assert any(o.get("data", {}).get("text/html") for o in outputs), "notebooks show rich (_repr_html_) results"
     figures = sum(1 for o in outputs if o.get("data", {}).get("image/png"))
     assert figures >= 1, "notebooks show their figures inline"
