@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from contextlib import nullcontext
 from numbers import Integral, Real
 from typing import Any
 
@@ -25,6 +26,7 @@ _PATH_SPAN = 1e3  # the automatic grid spans this factor above the smallest usef
 _MAX_BISECTIONS = 40  # refinements of C looking for exactly max_concepts concepts
 _MIN_GAIN = 1e-3  # relative CV improvement that resets the patience counter
 _SOLVERS = ("newton-cd", "saga")
+_SMALL_PROBLEM = 1_000_000  # score values up to which a fit uses one BLAS thread
 _FINAL_TOL = 1e-2  # the kept (full-data) models stop at tol * this; the CV folds at tol
 
 
@@ -70,8 +72,9 @@ class SparseLinearBottleneck(ConceptBottleneckBase):
     working set; it minimises the objective of scikit-learn's
     ``LogisticRegression(C=C, l1_ratio=l1_ratio)``, so it converges to the same model as
     ``solver="saga"``, in far fewer passes over the data (measured in
-    ``benchmarks/bench_bottleneck.py --vs-sklearn``). Each fit uses one BLAS thread (the
-    matrices are small; parallelism comes from ``n_jobs``).
+    ``benchmarks/bench_bottleneck.py --vs-sklearn``). Fits on up to a million score values,
+    or in parallel with ``n_jobs``, use one BLAS thread each (on small matrices more threads
+    only oversubscribe the cores); larger fits leave BLAS's threads as they are.
 
     Selection rule:
 
@@ -443,7 +446,9 @@ class SparseLinearBottleneck(ConceptBottleneckBase):
         Cs = self._grid(Z, y_enc, weights)
         # small dense products: one BLAS thread each (parallelism comes from n_jobs; several
         # BLAS threads per fold only oversubscribe the cores on these sizes)
-        with warnings.catch_warnings(), threadpool_limits(limits=1, user_api="blas"):
+        small = Z.size <= _SMALL_PROBLEM or self.n_jobs not in (None, 1)
+        limits = threadpool_limits(limits=1, user_api="blas") if small else nullcontext()
+        with warnings.catch_warnings(), limits:
             warnings.simplefilter("ignore", ConvergenceWarning)  # one summary below
             folds = self._cv_folds(X_arr, y_enc)
             if self.max_concepts is None:
