@@ -287,19 +287,34 @@ def _check_image_features(ctx: _Context) -> None:
                f"got {tuple(feats.patch_embeds.shape)}")
     ctx.expect(tuple(feats.grid_size) == tuple(b.grid_size),
                f"ImageFeatures.grid_size {feats.grid_size} is not the backbone's {b.grid_size}")
-    for name in ("global_embeds", "patch_embeds"):
+    _check_embeddings(ctx, feats, ("global_embeds", "patch_embeds"), side="image",
+                      same="two different images give the same global embedding "
+                      "(is the input ignored?)")
+    ctx.image_features = feats
+
+
+def _check_embeddings(
+    ctx: _Context, feats: ImageFeatures | TextFeatures, names: tuple[str, ...], *, side: str,
+    same: str,
+) -> None:
+    """What both sides' features must be: each tensor floating, finite, on the backbone's
+    device and without a graph; the global embeddings L2-normalised and input-dependent
+    (``same``: the message when the first two are equal)."""
+    b = ctx.backbone
+    label = "" if side == "image" else f"{side} "
+    for name in names:
         tensor = getattr(feats, name)
-        ctx.expect(tensor.dtype.is_floating_point, f"{name} must be floating, got {tensor.dtype}")
-        ctx.expect(_finite(tensor), f"{name} holds NaN or inf")
+        ctx.expect(tensor.dtype.is_floating_point,
+                   f"{label}{name} must be floating, got {tensor.dtype}")
+        ctx.expect(_finite(tensor), f"{label}{name} holds NaN or inf")
         ctx.expect(tensor.device == b.device,
-                   f"{name} is on {tensor.device}, the backbone reports {b.device}")
-        ctx.expect(not tensor.requires_grad, f"encode_images built a graph ({name} requires grad)")
+                   f"{label}{name} is on {tensor.device}, the backbone reports {b.device}")
+        ctx.expect(not tensor.requires_grad,
+                   f"encode_{side}s built a graph ({name} requires grad)")
     norms = feats.global_embeds.float().norm(dim=-1)
     ctx.expect(bool(((norms - 1).abs() <= ctx.norm_tol).all()),
-               f"global image embeddings must be L2-normalised, norms {norms.tolist()}")
-    ctx.expect(_max_diff(feats.global_embeds[0], feats.global_embeds[1]) > 0,
-               "two different images give the same global embedding (is the input ignored?)")
-    ctx.image_features = feats
+               f"global {side} embeddings must be L2-normalised, norms {norms.tolist()}")
+    ctx.expect(_max_diff(feats.global_embeds[0], feats.global_embeds[1]) > 0, same)
 
 
 def _check_image_batch_invariance(ctx: _Context) -> None:
@@ -344,18 +359,8 @@ def _check_text_features(ctx: _Context) -> None:
     ctx.expect(bool(((start >= 0) & (start <= end) & (end <= lengths)).all()),
                "offsets must be [start, end) spans inside each text")
     ctx.expect(bool((offsets[mask.cpu() == 0] == 0).all()), "padding tokens must have offsets (0, 0)")
-    for name in ("global_embeds", "token_embeds"):
-        tensor = getattr(feats, name)
-        ctx.expect(tensor.dtype.is_floating_point, f"text {name} must be floating, got {tensor.dtype}")
-        ctx.expect(_finite(tensor), f"text {name} holds NaN or inf")
-        ctx.expect(tensor.device == b.device,
-                   f"text {name} is on {tensor.device}, the backbone reports {b.device}")
-        ctx.expect(not tensor.requires_grad, f"encode_texts built a graph ({name} requires grad)")
-    norms = feats.global_embeds.float().norm(dim=-1)
-    ctx.expect(bool(((norms - 1).abs() <= ctx.norm_tol).all()),
-               f"global text embeddings must be L2-normalised, norms {norms.tolist()}")
-    ctx.expect(_max_diff(feats.global_embeds[0], feats.global_embeds[1]) > 0,
-               "two different texts give the same global embedding")
+    _check_embeddings(ctx, feats, ("global_embeds", "token_embeds"), side="text",
+                      same="two different texts give the same global embedding")
     ctx.expect(not feats.texts or list(feats.texts) == texts,
                f"TextFeatures.texts must be the texts encoded, got {feats.texts!r}")
     one = b.encode_texts(texts[0])
