@@ -256,6 +256,13 @@ class ConceptCLIPBackbone(Backbone):
         pixels = self.image_processor(pil, return_tensors="pt")["pixel_values"]
         return pixels.float()
 
+    def _run_model(self, side: str, **inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One side of the model: its L2-normalised ``{side}_features`` and its
+        ``{side}_token_features`` (``side``: ``"image"`` or ``"text"``)."""
+        out = self.model(**inputs)
+        pooled = _output(out, f"{side}_features")
+        return F.normalize(pooled, dim=-1), _output(out, f"{side}_token_features")
+
     def forward_images(self, pixel_values: torch.Tensor) -> ImageFeatures:
         """Pixels -> global embedding and patch tokens, differentiably.
 
@@ -280,11 +287,9 @@ class ConceptCLIPBackbone(Backbone):
                 f"{tuple(pixel_values.shape)}; use backbone.preprocess(images)"
             )
         pixel_values = pixel_values.to(device=self.device, dtype=self.dtype)
-        out = self.model(pixel_values=pixel_values)
-        image = _output(out, "image_features")
-        tokens = _output(out, "image_token_features")
+        image, tokens = self._run_model("image", pixel_values=pixel_values)
         return ImageFeatures(
-            global_embeds=F.normalize(image, dim=-1),
+            global_embeds=image,
             patch_embeds=tokens,
             grid_size=self._grid_for(tokens.shape[1]),
         )
@@ -321,11 +326,9 @@ class ConceptCLIPBackbone(Backbone):
             _check_same_ids(self._slow_tokenizer, encoded["input_ids"], texts, self.context_length,
                             padding=padding)
         input_ids = encoded["input_ids"].to(self.device)
-        out = self.model(input_ids=input_ids)
-        text = _output(out, "text_features")
-        tokens = _output(out, "text_token_features")
+        text, tokens = self._run_model("text", input_ids=input_ids)
         return TextFeatures(
-            global_embeds=F.normalize(text, dim=-1),
+            global_embeds=text,
             token_embeds=tokens,
             attention_mask=encoded["attention_mask"].to(self.device),
             offsets=encoded["offset_mapping"].to(self.device),
