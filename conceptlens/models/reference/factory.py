@@ -59,41 +59,23 @@ SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 _CHARACTERS = string.ascii_lowercase + string.digits
 _PUNCTUATION = ".,;:!?-'\"()[]/%+&*=<>#_"
 
+# the released ConceptCLIP's dimensions at "full" (SigLIP so400m/14 at 384 px, BERT-base text)
 _VISION = {
-    "tiny": dict(
-        image_size=64,
-        patch_size=8,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-    ),
-    "full": dict(
-        image_size=384,
-        patch_size=14,
-        hidden_size=1152,
-        intermediate_size=4304,
-        num_hidden_layers=27,
-        num_attention_heads=16,
-    ),
+    "tiny": dict(image_size=64, patch_size=8, hidden_size=32, intermediate_size=64,
+                 num_hidden_layers=2, num_attention_heads=2),
+    "full": dict(image_size=384, patch_size=14, hidden_size=1152, intermediate_size=4304,
+                 num_hidden_layers=27, num_attention_heads=16),
 }
 _TEXT = {
-    "tiny": dict(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        max_position_embeddings=128,
-    ),
-    "full": dict(
-        vocab_size=30522,
-        hidden_size=768,
-        intermediate_size=3072,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        max_position_embeddings=512,
-    ),
+    "tiny": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                 num_attention_heads=2, max_position_embeddings=128),
+    "full": dict(vocab_size=30522, hidden_size=768, intermediate_size=3072,
+                 num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=512),
 }
+# the open_clip flavour's names of the same vision dimensions
+_OPEN_CLIP_NAMES = dict(image_size="image_size", patch_size="patch_size", hidden_size="width",
+                        num_hidden_layers="depth", num_attention_heads="heads",
+                        intermediate_size="mlp_dim")
 
 
 def default_words() -> list[str]:
@@ -309,12 +291,6 @@ def save_reference_model(model: Any, processor: Any, folder: str | os.PathLike[s
     return folder
 
 
-_OPEN_CLIP_VISION = {
-    "tiny": dict(image_size=64, patch_size=8, width=32, depth=2, heads=2, mlp_dim=64),
-    "full": dict(image_size=384, patch_size=14, width=1152, depth=27, heads=16, mlp_dim=4304),
-}
-
-
 def _create_open_clip_flavour(
     size: str, seed: int, tokenizer_vocab: Sequence[str] | None, overrides: dict[str, Any]
 ) -> tuple[ConceptCLIPOpenCLIPModel, ConceptCLIPProcessor]:
@@ -324,8 +300,9 @@ def _create_open_clip_flavour(
     if size == "tiny":
         text.setdefault("vocab_size", len(tokenizer))
     text.setdefault("pad_token_id", 0)
+    vision = {_OPEN_CLIP_NAMES[key]: value for key, value in _VISION[size].items()}
     config = ConceptCLIPOpenCLIPConfig(
-        **{**_OPEN_CLIP_VISION[size], **overrides}, text_config=BertConfig(**text)
+        **{**vision, **overrides}, text_config=BertConfig(**text)
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
