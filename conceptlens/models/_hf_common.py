@@ -348,19 +348,6 @@ class HFDualEncoderBackbone(Backbone):
         encoded = self.image_processor(images=pil_images, return_tensors="pt")
         return encoded["pixel_values"].float()
 
-    def _check_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        if not isinstance(pixel_values, torch.Tensor):
-            raise TypeError(
-                f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}"
-            )
-        expected = (3, *self.image_size)
-        if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != expected:
-            raise ValueError(
-                f"pixel_values must have shape (B, {expected[0]}, {expected[1]}, {expected[2]}), "
-                f"got {tuple(pixel_values.shape)}; use preprocess() first"
-            )
-        return pixel_values.to(device=self.device, dtype=self.dtype)
-
     def forward_images(self, pixel_values: torch.Tensor) -> ImageFeatures:
         """Differentiable pixels -> global embeddings and projected patch tokens.
 
@@ -371,7 +358,7 @@ class HFDualEncoderBackbone(Backbone):
             :class:`ImageFeatures` with ``global_embeds`` ``(B, D)`` (L2-normalised) and
             ``patch_embeds`` ``(B, grid_h * grid_w, D)`` (row-major, not normalised).
         """
-        pixel_values = self._check_pixels(pixel_values)
+        pixel_values = self._model_input(pixel_values)
         global_raw, patches = self._image_outputs(pixel_values)
         return ImageFeatures(
             global_embeds=F.normalize(global_raw, dim=-1),

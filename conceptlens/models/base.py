@@ -198,6 +198,27 @@ class Backbone(ABC):
     def forward_texts(self, texts: Sequence[str]) -> TextFeatures:
         """Tokenise and encode texts, differentiably; see :class:`TextFeatures`."""
 
+    def _model_input(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Check ``(B, 3, H, W)`` pixels against :attr:`image_size` and cast them to the
+        model's device and dtype (what every adapter's :meth:`forward_images` starts with).
+
+        Raises:
+            TypeError: ``pixel_values`` is not a tensor.
+            ValueError: Its shape is not ``(B, 3, *image_size)``.
+        """
+        if not isinstance(pixel_values, torch.Tensor):
+            raise TypeError(
+                f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}; "
+                "use backbone.preprocess(images) first"
+            )
+        expected = (3, *self.image_size)
+        if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != expected:
+            raise ValueError(
+                f"pixel_values must have shape (B, {', '.join(map(str, expected))}), got "
+                f"{tuple(pixel_values.shape)}; use backbone.preprocess(images)"
+            )
+        return pixel_values.to(device=self.device, dtype=self.dtype)
+
     @torch.no_grad()
     def encode_images(self, pixel_values: torch.Tensor) -> ImageFeatures:
         """Encode preprocessed images without building a graph.

@@ -275,18 +275,7 @@ class ConceptCLIPBackbone(Backbone):
             ``image_features``), ``patch_embeds`` ``(B, P, D)`` (``image_token_features``),
             ``grid_size``.
         """
-        if not isinstance(pixel_values, torch.Tensor):
-            raise TypeError(
-                f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}; "
-                "use backbone.preprocess(images) first"
-            )
-        expected = (3, *self.image_size)
-        if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != expected:
-            raise ValueError(
-                f"pixel_values must have shape (B, {', '.join(map(str, expected))}), got "
-                f"{tuple(pixel_values.shape)}; use backbone.preprocess(images)"
-            )
-        pixel_values = pixel_values.to(device=self.device, dtype=self.dtype)
+        pixel_values = self._model_input(pixel_values)
         image, tokens = self._run_model("image", pixel_values=pixel_values)
         return ImageFeatures(
             global_embeds=image,

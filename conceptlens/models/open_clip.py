@@ -371,18 +371,7 @@ class OpenCLIPBackbone(Backbone):
             :class:`ImageFeatures`: ``global_embeds`` ``(B, D)`` =
             ``model.encode_image(x, normalize=True)``, ``patch_embeds`` ``(B, P, D)``.
         """
-        if not isinstance(pixel_values, torch.Tensor):
-            raise TypeError(
-                f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}; "
-                "use backbone.preprocess(images) first"
-            )
-        expected = (3, *self.image_size)
-        if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != expected:
-            raise ValueError(
-                f"pixel_values must have shape (B, {', '.join(map(str, expected))}), got "
-                f"{tuple(pixel_values.shape)}; use backbone.preprocess(images)"
-            )
-        pixel_values = pixel_values.to(device=self.device, dtype=self.dtype)
+        pixel_values = self._model_input(pixel_values)
         with _capture(self._image_tokens_module) as seen:
             pooled = self.model.encode_image(pixel_values)
         tokens = seen[-1][:, self.num_prefix_tokens :]
