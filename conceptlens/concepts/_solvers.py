@@ -12,7 +12,10 @@ Each iteration takes one proximal-Newton step: the quadratic model of the loss (
 Hessian over all outputs jointly), restricted to the working set (features with a non-zero
 weight or whose zero violates optimality, plus the intercepts), is minimised with the L1
 term by cyclic coordinate descent on its small explicit Hessian, then an Armijo
-backtracking line search on the true objective keeps every step a descent. The fit stops
+backtracking line search on the true objective keeps every step a descent. Above
+``_HESSIAN_ROWS`` samples the Hessian comes from a fixed subsample of rows (a sub-sampled
+Newton method: only the steps change; the gradient, the stopping rule and the line search
+use every row, so the solution meets the same tolerance). The fit stops
 once the largest violation of the optimality conditions, divided by ``sum(s)``, is at most
 ``tol``. Working sets stay small on a sparse path, so each Newton step costs a few small
 matrix products; on the near-separable end of a path Newton needs far fewer passes over the
@@ -32,6 +35,7 @@ _ARMIJO = 1e-4  # sufficient-decrease constant of the line search
 _MAX_HALVINGS = 40
 _MAX_SWEEPS = 200  # coordinate-descent sweeps per Newton step at most
 _CURVATURE_FLOOR = 1e-12
+_HESSIAN_ROWS = 8192  # above this many samples the Newton steps use a row subsample's Hessian
 
 
 @dataclass
@@ -200,6 +204,12 @@ def fit_logistic(
     P = _proba(eta, binary)
     obj = _loss(eta, target, s, binary) + _penalty(B, l1, l2)
     Zx = np.hstack([Z, np.ones((n, 1))])  # the last column carries the intercepts
+    # Large n: the Hessian (only the step's metric; gradient, optimality check and line
+    # search use every row) from a fixed row subsample, reweighted to the full total.
+    rows = None
+    if n > _HESSIAN_ROWS:
+        rows = np.sort(np.random.default_rng(0).choice(n, _HESSIAN_ROWS, replace=False))
+        s_h = s[rows] * (total / float(s[rows].sum()))
     converged = False
     it = 0
     inner_tol = 1e-3
@@ -218,14 +228,17 @@ def fit_logistic(
         ks, js = np.nonzero((B != 0) | (np.abs(grad + l2 * B) > l1))
         ks = np.concatenate([ks, np.arange(K)])
         js = np.concatenate([js, np.full(K, p)])
-        cols = Zx[:, js]
+        if rows is None:
+            cols, P_h, sw = Zx[:, js], P, s
+        else:
+            cols, P_h, sw = Zx[np.ix_(rows, js)], P[rows], s_h
         # Hessian of the loss: s * P_k * (delta_kl - P_l) * x_a * x_b
-        M = cols * P[:, ks]
-        H = -(M * s[:, None]).T @ M
+        M = cols * P_h[:, ks]
+        H = -(M * sw[:, None]).T @ M
         for k in range(K):
             q = np.flatnonzero(ks == k)
             Ak = cols[:, q]
-            H[np.ix_(q, q)] += (Ak * (s * P[:, k])[:, None]).T @ Ak
+            H[np.ix_(q, q)] += (Ak * (sw * P_h[:, k])[:, None]).T @ Ak
         D = np.zeros((K, p + 1))
         g = np.hstack([grad, grad0[:, None]])[ks, js]
         v = np.hstack([B, b[:, None]])[ks, js]
