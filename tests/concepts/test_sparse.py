@@ -311,3 +311,18 @@ def test_solver_parameters_are_checked(binary_rule, params):
     X, y = binary_rule
     with pytest.raises(ValueError, match=next(iter(params))):
         SparseLinearBottleneck(**params).fit(X, y)
+
+
+def test_subsampled_hessian_reaches_the_same_solution(monkeypatch):
+    """Above ``_HESSIAN_ROWS`` samples only the Newton steps change, not the solution."""
+    import conceptlens.concepts._solvers as solvers
+
+    rng = np.random.default_rng(4)
+    Z = rng.normal(size=(600, 10))
+    y = np.argmax(2 * Z[:, :3] + rng.gumbel(size=(600, 3)), axis=1)
+    full = solvers.fit_logistic(Z, y, 3, 0.02, 1.0, solvers.LogisticState.zeros(3, 10), tol=1e-9)
+    monkeypatch.setattr(solvers, "_HESSIAN_ROWS", 150)
+    sub = solvers.fit_logistic(Z, y, 3, 0.02, 1.0, solvers.LogisticState.zeros(3, 10), tol=1e-9)
+    assert full.converged and sub.converged
+    np.testing.assert_allclose(sub.coef, full.coef, atol=1e-6)
+    np.testing.assert_array_equal(sub.coef != 0, full.coef != 0)
