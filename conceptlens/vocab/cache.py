@@ -318,16 +318,7 @@ class FeatureCache:
                 _remove(tmp)
 
     def _index_shard(self, name: str, footer: dict[str, Any], size: int) -> None:
-        db = self._db()
-        has_patches = int(footer["patches"] > 0)
-        has_stats = footer["arrays"].get("stats") is not None
-        with db:
-            db.execute("INSERT OR REPLACE INTO shards(name, bytes, rows, used) VALUES (?, ?, ?, ?)",
-                       (name, size, footer["rows"], time.time()))
-            db.executemany(
-                "INSERT OR REPLACE INTO entries(key, shard, row, patches, stats) VALUES (?, ?, ?, ?, ?)",
-                [(key, name, row, has_patches, int(has_stats)) for row, key in enumerate(footer["keys"])],
-            )
+        _index_shard_rows(self._db(), name, footer, size)
 
     def _index_get(self, key: str) -> tuple[str, int, bool, bool] | None:
         try:
@@ -753,14 +744,7 @@ class _State:
         try:
             name, size, footer = writer.commit()
             db = state.db or _open_index(writer.directory.parent / "index.sqlite")
-            has_stats = footer["arrays"].get("stats") is not None
-            with db:
-                db.execute("INSERT OR REPLACE INTO shards(name, bytes, rows, used) VALUES (?, ?, ?, ?)",
-                           (name, size, footer["rows"], time.time()))
-                db.executemany(
-                    "INSERT OR REPLACE INTO entries(key, shard, row, patches, stats) VALUES (?, ?, ?, ?, ?)",
-                    [(k, name, r, int(footer["patches"] > 0), int(has_stats))
-                     for r, k in enumerate(footer["keys"])])
+            _index_shard_rows(db, name, footer, size)
         except Exception:  # noqa: BLE001 - at exit nothing may raise; the next open reindexes
             pass
 
@@ -769,6 +753,19 @@ def _reopen(directory: str, max_bytes: int | None, patches: bool, precision: str
             shard_bytes: int) -> FeatureCache:
     return FeatureCache(directory, max_bytes, patches=patches, precision=precision,
                         shard_rows=shard_rows, shard_bytes=shard_bytes)
+
+
+def _index_shard_rows(db: sqlite3.Connection, name: str, footer: dict[str, Any], size: int) -> None:
+    """Record a committed shard and one index row per image it holds (one transaction)."""
+    has_patches = int(footer["patches"] > 0)
+    has_stats = int(footer["arrays"].get("stats") is not None)
+    with db:
+        db.execute("INSERT OR REPLACE INTO shards(name, bytes, rows, used) VALUES (?, ?, ?, ?)",
+                   (name, size, footer["rows"], time.time()))
+        db.executemany(
+            "INSERT OR REPLACE INTO entries(key, shard, row, patches, stats) VALUES (?, ?, ?, ?, ?)",
+            [(key, name, row, has_patches, has_stats) for row, key in enumerate(footer["keys"])],
+        )
 
 
 def _open_index(path: Path) -> sqlite3.Connection:
