@@ -322,11 +322,6 @@ class HFDualEncoderBackbone(Backbone):
             weights_hash=self._weights_hash, dtype=self.dtype, preprocessing=self._preprocessing,
         )
 
-    @property
-    def preprocessing(self) -> dict[str, Any]:
-        """The image preprocessing as a dict (see :func:`describe_image_processor`)."""
-        return dict(self._preprocessing)
-
     def _check_processor_size(self) -> None:
         crop = self._preprocessing.get("crop_size")
         resize = self._preprocessing["resize"]

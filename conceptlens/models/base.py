@@ -198,6 +198,12 @@ class Backbone(ABC):
     def forward_texts(self, texts: Sequence[str]) -> TextFeatures:
         """Tokenise and encode texts, differentiably; see :class:`TextFeatures`."""
 
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        """The image preprocessing the adapter recorded, JSON-ready (it is part of
+        :attr:`identity`); ``{}`` when it records none."""
+        return dict(getattr(self, "_preprocessing", None) or {})
+
     def _model_input(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Check ``(B, 3, H, W)`` pixels against :attr:`image_size` and cast them to the
         model's device and dtype (what every adapter's :meth:`forward_images` starts with).

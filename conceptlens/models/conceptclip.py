@@ -222,6 +222,11 @@ class ConceptCLIPBackbone(Backbone):
             )
         return self._identity
 
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        """:meth:`preprocessing_config` (the part of :attr:`identity` it records)."""
+        return self.preprocessing_config()
+
     def preprocessing_config(self) -> dict[str, Any]:
         """JSON-ready description of the image and text preprocessing."""
         ip = self.image_processor

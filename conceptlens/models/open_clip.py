@@ -321,11 +321,6 @@ class OpenCLIPBackbone(Backbone):
             weights_hash=self._weights_hash, dtype=self.dtype, preprocessing=self._preprocessing,
         )
 
-    @property
-    def preprocessing(self) -> dict[str, Any]:
-        """The image preprocessing, JSON-ready (part of the cache key)."""
-        return dict(self._preprocessing)
-
     def _describe_preprocessing(self) -> dict[str, Any]:
         open_clip = import_open_clip()
         cfg = dict(open_clip.get_model_preprocess_cfg(self.model))
