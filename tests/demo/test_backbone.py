@@ -12,22 +12,12 @@ from conceptlens.demo import backbone as demo_backbone
 from conceptlens.errors import DeprecatedNameWarning
 from conceptlens.models import (
     BackboneNotFoundError,
-    create_reference_model,
     factory,
     list_backbones,
     load_backbone,
 )
 from conceptlens.models.registry import BACKBONES
 from conceptlens.vocab.reference import REFERENCE_FILE_NAME, default_reference
-
-
-@pytest.fixture(scope="module")
-def saved_folder(tmp_path_factory):
-    model, processor = create_reference_model("tiny")
-    folder = tmp_path_factory.mktemp("tiny_folder")
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
 
 
 def test_the_entry_point_registers_the_demo_with_its_alias():

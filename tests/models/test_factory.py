@@ -18,21 +18,11 @@ from conceptlens.models import (
     SiglipBackbone,
     UnknownBackboneError,
     UnsupportedBackboneError,
-    create_reference_model,
     factory,
     list_backbones,
     load_backbone,
 )
 from conceptlens.models.factory import family_from_config, hub_error, resolve_device, resolve_dtype
-
-
-@pytest.fixture(scope="module")
-def saved_folder(tmp_path_factory):
-    model, processor = create_reference_model("tiny")
-    folder = tmp_path_factory.mktemp("tiny_folder")
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture
