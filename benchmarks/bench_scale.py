@@ -270,9 +270,9 @@ class _TimedRecipe:
     def resize(self, image, pixels=None):
         return self.recipe.resize(image, pixels)
 
-    def normalize(self, pixels):
+    def normalize(self, pixels, out=None):
         wall, cpu = time.perf_counter(), time.process_time()
-        out = self.recipe.normalize(pixels)
+        out = self.recipe.normalize(pixels, out=out)
         self.wall += time.perf_counter() - wall
         self.cpu += time.process_time() - cpu
         return out

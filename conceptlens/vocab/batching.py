@@ -188,7 +188,7 @@ def encode_records(backbone: Backbone, stream: ImageStream, batch: RecordBatch, 
     if batch.pixels is not None:
         pixels = batch.pixels.to(device, non_blocking=True)
         if pixels.dtype == torch.uint8:
-            pixels = stream.recipe.normalize(pixels)
+            pixels = stream.normalize(pixels)
         out = backbone.encode_images(pixels.to(dtype))
         grid = (int(out.grid_size[0]), int(out.grid_size[1]))
         grids.add(grid)

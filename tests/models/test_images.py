@@ -361,7 +361,7 @@ def test_images_and_dicom_import_without_a_cycle():
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 7, 9), (3, 3, 64, 64), (1, 3, 1, 1)])
-def test_cpu_normalisation_tables_equal_the_arithmetic_bit_for_bit(shape):
+def test_cpu_normalisation_image_by_image_equals_the_whole_batch_arithmetic_bit_for_bit(shape):
     from conceptlens.models.images import _normalize_arithmetic, normalize_pixels
 
     pixels = torch.from_numpy(np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8))
@@ -372,3 +372,17 @@ def test_cpu_normalisation_tables_equal_the_arithmetic_bit_for_bit(shape):
         for batch in (pixels, pixels.transpose(2, 3)):
             expected = _normalize_arithmetic(batch, rescale, mean, std)
             assert torch.equal(normalize_pixels(batch, rescale=rescale, mean=mean, std=std), expected)
+            out = torch.full(tuple(batch.shape), float("nan"))
+            assert normalize_pixels(batch, rescale=rescale, mean=mean, std=std, out=out) is out
+            assert torch.equal(out, expected)
+
+
+def test_loaded_files_are_not_copied_but_a_callers_image_is(tmp_path):
+    array = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    Image.fromarray(array).save(tmp_path / "x.png")
+    loaded = load_image(tmp_path / "x.png").image
+    assert type(loaded) is Image.Image and np.array_equal(np.asarray(loaded), array)
+    mine = Image.fromarray(array)
+    copied = load_image(mine).image
+    copied.paste((0, 0, 0), (0, 0, 5, 5))
+    assert np.array_equal(np.asarray(mine), array) and not np.array_equal(np.asarray(copied), array)

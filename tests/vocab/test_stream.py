@@ -130,3 +130,32 @@ def test_statistics_equal_the_input_checks_bit_for_bit():
         row = statistics_row(image)
         assert row.tolist() == [*image.size, stats["mean"], stats["std"], stats["chroma_mean"],
                                 stats["chroma_p99"]]
+
+
+def test_cpu_batches_reuse_a_released_buffer_and_never_one_in_use(tiny):
+    from conceptlens.models.images import _normalize_arithmetic
+    from conceptlens.vocab.stream import ImageStream
+
+    stream = ImageStream([], tiny, block=4, cache=None, need_patches=False, need_stats=False)
+    recipe = stream.recipe
+    size = recipe.size
+    rng = np.random.default_rng(0)
+    batches = [torch.from_numpy(rng.integers(0, 256, (n, 3, *size), dtype=np.uint8)) for n in (4, 4, 3, 4)]
+
+    def expected(batch):
+        return _normalize_arithmetic(batch, recipe.rescale, recipe.mean, recipe.std)
+
+    first = stream.normalize(batches[0])
+    kept = first[1:]  # a view keeps the memory in use
+    address = first.data_ptr()
+    del first
+    second = stream.normalize(batches[1])
+    assert second.data_ptr() != address and torch.equal(kept, expected(batches[0])[1:])
+    assert torch.equal(second, expected(batches[1]))
+    address = second.data_ptr()
+    del kept, second
+    third = stream.normalize(batches[2])  # a smaller batch: the front of the released buffer
+    assert third.data_ptr() == address and torch.equal(third, expected(batches[2]))
+    del third
+    fourth = stream.normalize(batches[3])
+    assert fourth.data_ptr() == address and torch.equal(fourth, expected(batches[3]))
