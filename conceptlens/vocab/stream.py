@@ -73,7 +73,7 @@ class PixelRecipe:
 
 _RECIPES: weakref.WeakKeyDictionary[Backbone, PixelRecipe | None] = weakref.WeakKeyDictionary()
 # the float32 memory of the last CPU model-input batch per backbone (see ImageStream.normalize)
-_SPARE_BATCHES: weakref.WeakKeyDictionary[Backbone, np.ndarray] = weakref.WeakKeyDictionary()
+_SPARE_BATCHES: weakref.WeakKeyDictionary[Backbone, tuple[np.ndarray, int]] = weakref.WeakKeyDictionary()
 
 
 def pixel_recipe(backbone: Backbone) -> PixelRecipe | None:
@@ -255,12 +255,14 @@ class ImageStream(IterableDataset):
         if pixels.device.type != "cpu":
             return self.recipe.normalize(pixels)
         shape = tuple(pixels.shape)
-        spare = _SPARE_BATCHES.get(self.backbone)
-        # references while free: the table's, `spare` and getrefcount's argument
+        spare, free = _SPARE_BATCHES.get(self.backbone, (None, 0))
+        # `free`: the count seen, by this same call, when only the table and `spare` held it
         if spare is None or spare.shape[1:] != shape[1:] or spare.shape[0] < shape[0] \
-                or sys.getrefcount(spare) > 3:
+                or sys.getrefcount(spare) != free:
             spare = np.empty(shape, dtype=np.float32)
-            _SPARE_BATCHES[self.backbone] = spare
+            _SPARE_BATCHES[self.backbone] = (spare, 0)
+            free = sys.getrefcount(spare)  # held by the table's entry and `spare`, as above
+            _SPARE_BATCHES[self.backbone] = (spare, free)
         return self.recipe.normalize(pixels, out=torch.from_numpy(spare[:shape[0]]))
 
     def __iter__(self):
