@@ -23,6 +23,7 @@ import json
 import multiprocessing
 import os
 import sys
+import threading
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,6 +75,9 @@ class PixelRecipe:
 _RECIPES: weakref.WeakKeyDictionary[Backbone, PixelRecipe | None] = weakref.WeakKeyDictionary()
 # the float32 memory of the last CPU model-input batch per backbone (see ImageStream.normalize)
 _SPARE_BATCHES: weakref.WeakKeyDictionary[Backbone, tuple[np.ndarray, int]] = weakref.WeakKeyDictionary()
+# checking that a spare batch is free and taking it must be one step: two threads scoring
+# with the same backbone would otherwise both write into it
+_SPARE_LOCK = threading.Lock()
 
 
 def pixel_recipe(backbone: Backbone) -> PixelRecipe | None:
@@ -255,15 +259,17 @@ class ImageStream(IterableDataset):
         if pixels.device.type != "cpu":
             return self.recipe.normalize(pixels)
         shape = tuple(pixels.shape)
-        spare, free = _SPARE_BATCHES.get(self.backbone, (None, 0))
-        # `free`: the count seen, by this same call, when only the table and `spare` held it
-        if spare is None or spare.shape[1:] != shape[1:] or spare.shape[0] < shape[0] \
-                or sys.getrefcount(spare) != free:
-            spare = np.empty(shape, dtype=np.float32)
-            _SPARE_BATCHES[self.backbone] = (spare, 0)
-            free = sys.getrefcount(spare)  # held by the table's entry and `spare`, as above
-            _SPARE_BATCHES[self.backbone] = (spare, free)
-        return self.recipe.normalize(pixels, out=torch.from_numpy(spare[:shape[0]]))
+        with _SPARE_LOCK:
+            spare, free = _SPARE_BATCHES.get(self.backbone, (None, 0))
+            # `free`: the count seen, by this same call, when only the table and `spare` held it
+            if spare is None or spare.shape[1:] != shape[1:] or spare.shape[0] < shape[0] \
+                    or sys.getrefcount(spare) != free:
+                spare = np.empty(shape, dtype=np.float32)
+                _SPARE_BATCHES[self.backbone] = (spare, 0)
+                free = sys.getrefcount(spare)  # held by the table's entry and `spare`, as above
+                _SPARE_BATCHES[self.backbone] = (spare, free)
+            out = torch.from_numpy(spare[:shape[0]])  # taken (referenced) before the lock opens
+        return self.recipe.normalize(pixels, out=out)
 
     def __iter__(self):
         info = get_worker_info()

@@ -159,3 +159,31 @@ def test_cpu_batches_reuse_a_released_buffer_and_never_one_in_use(tiny):
     del third
     fourth = stream.normalize(batches[3])
     assert fourth.data_ptr() == address and torch.equal(fourth, expected(batches[3]))
+
+
+def test_threads_sharing_a_backbone_never_share_a_batch(tiny):
+    import threading
+
+    from conceptlens.models.images import _normalize_arithmetic
+    from conceptlens.vocab.stream import ImageStream
+
+    stream = ImageStream([], tiny, block=2, cache=None, need_patches=False, need_stats=False)
+    recipe = stream.recipe
+    failures: list[str] = []
+
+    def work(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        for _ in range(30):
+            batch = torch.from_numpy(rng.integers(0, 256, (2, 3, *recipe.size), dtype=np.uint8))
+            out = stream.normalize(batch)
+            held = out.clone() if seed % 2 else out  # half the threads keep their batch a while
+            if not torch.equal(held, _normalize_arithmetic(batch, recipe.rescale, recipe.mean,
+                                                           recipe.std)):
+                failures.append(f"thread {seed}")
+
+    threads = [threading.Thread(target=work, args=(seed,)) for seed in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures
