@@ -19,7 +19,7 @@ from conceptlens.concepts.reliance import (
     RELIANCE_TESTS,
     group_likelihood_ratio_tests,
     likelihood_ratio_tests,
-    standardise,
+    standardize,
 )
 from conceptlens.concepts.sparse import SparseLinearBottleneck
 
@@ -123,7 +123,7 @@ def _test_rows(test, targets, Z, ids, names, marks, covariates, l2, n_jobs=None)
 
 def _reliance_tests(X, dec, lab, outputs, ids, names, marks, l2, n_jobs=None) -> pd.DataFrame:
     """Conditional likelihood-ratio tests of every concept, per class (one-vs-rest)."""
-    Z = standardise(X)
+    Z = standardize(X)
     tables = [_test_rows("conditional", [(c, dec == c) for c in outputs], Z, ids, names, marks,
                          None, l2, n_jobs)]
     if lab is not None and len(np.unique(lab)) > 1:
@@ -506,7 +506,7 @@ def _group_table(reliance, X, dec, outputs, ids, group_of, min_reliance, l2,
                "statistic", "df", "p_value", "q_value"]
     if not members:
         return pd.DataFrame(columns=columns)
-    Z = standardise(X)
+    Z = standardize(X)
     names, lists = list(members), list(members.values())
     rows = []
     for c in outputs:

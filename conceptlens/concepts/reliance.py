@@ -23,12 +23,14 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import special, stats
 
+from conceptlens._deprecation import deprecated_alias
+
 __all__ = [
     "RELIANCE_TESTS",
     "fit_logistic",
     "group_likelihood_ratio_tests",
     "likelihood_ratio_tests",
-    "standardise",
+    "standardize",
 ]
 
 RELIANCE_TESTS: dict[str, str] = {
@@ -39,8 +41,8 @@ RELIANCE_TESTS: dict[str, str] = {
 """Test name -> the model comparison it makes (the name is written into every result row)."""
 
 
-def standardise(X: np.ndarray) -> np.ndarray:
-    """Centre every column and scale it to unit variance.
+def standardize(X: np.ndarray) -> np.ndarray:
+    """Center every column and scale it to unit variance.
 
     Args:
         X: ``(n_samples, n_features)`` values.
@@ -52,6 +54,9 @@ def standardise(X: np.ndarray) -> np.ndarray:
     Z = X - X.mean(axis=0)
     sd = Z.std(axis=0)
     return np.divide(Z, sd, out=np.zeros_like(Z), where=sd > 1e-12)
+
+
+standardise = deprecated_alias(standardize, "standardise")
 
 
 def _penalised_loglik(A: np.ndarray, y: np.ndarray, w: np.ndarray, pen: np.ndarray) -> float:
@@ -153,7 +158,7 @@ def likelihood_ratio_tests(
     statistic means ``Z[:, j]`` predicts ``y`` beyond everything else in the model.
 
     Args:
-        Z: ``(n_samples, n_concepts)`` standardised concept scores (see :func:`standardise`).
+        Z: ``(n_samples, n_concepts)`` standardised concept scores (see :func:`standardize`).
         y: ``(n_samples,)`` 0/1 targets (one class of the decisions or labels).
         covariates: ``(n_samples, n_covariates)`` columns always kept (e.g. label indicators).
         columns: Indices of the columns of ``Z`` to test (default: all).

@@ -216,12 +216,12 @@ def test_concept_groups_count_a_one_hot_family_as_one():
 
 
 def test_group_test_keeps_its_level_when_the_group_is_unused():
-    from conceptlens.concepts.reliance import group_likelihood_ratio_tests, standardise
+    from conceptlens.concepts.reliance import group_likelihood_ratio_tests, standardize
 
     rejections = 0
     for seed in range(20):
         rng = np.random.default_rng(100 + seed)
-        Z = standardise(rng.normal(size=(300, 6)))
+        Z = standardize(rng.normal(size=(300, 6)))
         y = (Z[:, 0] + rng.logistic(size=300) > 0).astype(float)
         r = group_likelihood_ratio_tests(Z, y, [[3, 4, 5], [0, 1]])
         assert r["p_value"][1] < 1e-3  # the group holding the used concept
@@ -247,11 +247,11 @@ def test_reliance_tests_n_jobs_give_the_serial_numbers():
     from conceptlens.concepts.reliance import (
         group_likelihood_ratio_tests,
         likelihood_ratio_tests,
-        standardise,
+        standardize,
     )
 
     rng = np.random.default_rng(3)
-    Z = standardise(rng.normal(size=(300, 7)))
+    Z = standardize(rng.normal(size=(300, 7)))
     y = (Z[:, 0] - Z[:, 2] + rng.logistic(size=300) > 0).astype(float)
     for fn, extra in ((likelihood_ratio_tests, {}),
                       (group_likelihood_ratio_tests, {"groups": [[0, 1], [2], [3, 4, 5]]})):
