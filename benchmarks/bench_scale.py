@@ -32,7 +32,6 @@ Sections (``--json`` prints one object):
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import resource
@@ -54,6 +53,7 @@ from conceptlens.models.images import has_dicom_magic, load_image  # noqa: E402
 from conceptlens.vocab import ConceptVocabulary  # noqa: E402
 from conceptlens.vocab.batching import DirectSink, encode_records  # noqa: E402
 from conceptlens.vocab.cache import FeatureCache, image_content_hash  # noqa: E402
+from conceptlens.vocab.cache import _checksum as _v1_checksum  # noqa: E402 - format 1, as read back
 from conceptlens.vocab.input_checks import check_statistics  # noqa: E402
 from conceptlens.vocab.scorer import ConceptScorer  # noqa: E402
 from conceptlens.vocab.stream import ImageStream, collate_records  # noqa: E402
@@ -62,14 +62,6 @@ from conceptlens.vocab.textbank import clear_text_memo  # noqa: E402
 # ----------------------------------------------------------------------------------------------
 # Format 1 (the store before): one .npz per entry, as FeatureCache wrote it
 # ----------------------------------------------------------------------------------------------
-
-
-def _v1_checksum(g: np.ndarray, p: np.ndarray) -> bytes:
-    digest = hashlib.sha256()
-    for array in (g, p):
-        digest.update(f"{array.dtype.str}{array.shape}".encode())
-        digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.digest()
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
