@@ -309,6 +309,18 @@ class ClassTarget(Target):
         return np.array([ids.index(f) for f in features]), weights, bias
 
     def build(self, backbone: Any, scorer: Any = None, bottleneck: Any = None) -> TargetFunction:
+        logit_from = self._logit_from_pass(scorer, bottleneck)
+        needs_features = _needs_features(bottleneck)
+
+        def class_logit(pixel_values: torch.Tensor) -> torch.Tensor:
+            return logit_from(*_image_pass(scorer, pixel_values, needs_features))
+
+        return class_logit
+
+    def _logit_from_pass(self, scorer: Any, bottleneck: Any) -> Callable[[Any, torch.Tensor], torch.Tensor]:
+        """``(features, scores) -> (B,)`` class logit from one image-tower pass: the
+        scorer's features and its scores of them (a hybrid's residual reads the features'
+        global embeddings, so it needs no second pass)."""
         from conceptlens.concepts.score_space import transform_scores_tensor
 
         indices, weights, bias = self.linear_map(scorer, bottleneck)
@@ -317,21 +329,17 @@ class ClassTarget(Target):
         how = getattr(bottleneck, "input_transform", "identity")
         residual = self._residual_map(bottleneck)
 
-        def class_logit(pixel_values: torch.Tensor) -> torch.Tensor:
-            scores = scorer.score_tensor(pixel_values)
+        def logit_from(features: Any, scores: torch.Tensor) -> torch.Tensor:
             chosen = transform_scores_tensor(scores[:, index_t.to(scores.device)], how)
             out = chosen @ weight_t.to(device=scores.device, dtype=scores.dtype) + bias
             if residual is not None:  # hybrid (PCBM-h): + residual on the embedding
                 w_r, mean_r, on_embeddings = residual
-                if on_embeddings:  # a second image-tower pass, differentiable too
-                    inputs = scorer._forward(pixel_values).global_embeds.to(scores.dtype)
-                else:
-                    inputs = chosen
+                inputs = features.global_embeds.to(scores.dtype) if on_embeddings else chosen
                 w_r, mean_r = (t.to(device=scores.device, dtype=scores.dtype) for t in (w_r, mean_r))
                 out = out + (inputs - mean_r) @ w_r
             return out
 
-        return class_logit
+        return logit_from
 
     def _residual_map(self, bottleneck: Any) -> tuple[torch.Tensor, torch.Tensor, bool] | None:
         """``(weights, mean, on_embeddings)`` of a hybrid bottleneck's residual for this
@@ -356,12 +364,16 @@ class ClassTarget(Target):
         classes = _bottleneck_classes(bottleneck)
         if len(classes) <= 2:
             return self.build(backbone, scorer, bottleneck)
-        logits = [ClassTarget(c).build(backbone, scorer, bottleneck) for c in classes]
+        logits = [ClassTarget(c)._logit_from_pass(scorer, bottleneck) for c in classes]
         label = _plain(self.label)
         row = classes.index(label) if label in classes else [str(c) for c in classes].index(str(label))
 
+        needs_features = _needs_features(bottleneck)
+
         def class_margin(pixel_values: torch.Tensor) -> torch.Tensor:
-            values = torch.stack([fn(pixel_values) for fn in logits], dim=1)
+            # one image-tower pass serves every class
+            features, scores = _image_pass(scorer, pixel_values, needs_features)
+            values = torch.stack([fn(features, scores) for fn in logits], dim=1)
             others = torch.cat([values[:, :row], values[:, row + 1:]], dim=1)
             return values[:, row] - others.max(dim=1).values
 
@@ -369,6 +381,21 @@ class ClassTarget(Target):
 
     def describe(self) -> str:
         return f"class {self.label!r}"
+
+
+def _needs_features(bottleneck: Any) -> bool:
+    """Whether a class logit reads the image embedding (a hybrid's residual on embeddings)."""
+    return (getattr(bottleneck, "residual_coef_", None) is not None
+            and bool(getattr(bottleneck, "uses_embeddings_", True)))
+
+
+def _image_pass(scorer: Any, pixel_values: torch.Tensor, needs_features: bool) -> tuple[Any, torch.Tensor]:
+    """``(features or None, scores)`` from one image-tower pass; the features only when a
+    class logit needs them (any scorer with ``score_tensor`` serves the rest)."""
+    if not needs_features:
+        return None, scorer.score_tensor(pixel_values)
+    features = scorer._forward(pixel_values)
+    return features, scorer._score_features(features)
 
 
 def check_bottleneck_matches_scorer(bottleneck: Any, scorer: Any) -> None:

@@ -794,7 +794,11 @@ class ConceptScorer:
         Returns:
             ``(B, K)`` float32 tensor, columns in vocabulary order.
         """
-        features = self._forward(pixel_values)
+        return self._score_features(self._forward(pixel_values))
+
+    def _score_features(self, features: Any) -> torch.Tensor:
+        """:meth:`score_tensor` from the image tower's output (:class:`ImageFeatures`), for
+        callers that also need the features of the same pass."""
         out = self._scores_from_features(features.global_embeds, features.patch_embeds)
         if self.calibrator is not None:
             out = self.calibrator.transform_tensor(out, self.concept_ids)
